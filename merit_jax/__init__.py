@@ -1,0 +1,1 @@
+"""MERIT: conflict-aware dataset splitting and one-shot weight merging, in JAX/Flax."""
