@@ -1,0 +1,50 @@
+"""Command-line entry point: flags → config → pipeline.
+
+    python -m merit_jax.main --config=configs/demo.py --workdir=workdirs/demo
+
+Errors in the user's input (mixture files, configs, a workdir made with other settings) end the
+program with a one-line message and exit status 1, without a traceback.
+"""
+
+import logging as python_logging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from merit_jax.data import MixtureFormatError
+from merit_jax.pipeline.runner import run_pipeline
+from merit_jax.pipeline.workdir import StageMismatchError
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config",
+    None,
+    "Experiment config file, optionally with ':arg' (e.g. configs/demo.py:quick).",
+    lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for every artifact of the run; rerunning with it resumes the run."
+)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietCheckpointing(python_logging.Filter):
+    """Drop orbax's per-operation INFO records (dozens per save), keeping its warnings and errors."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    logging.get_absl_handler().addFilter(_QuietCheckpointing())
+    logging.info("workdir %s", _WORKDIR.value)
+    try:
+        run_pipeline(_CONFIG.value, _WORKDIR.value)
+    except (MixtureFormatError, StageMismatchError) as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    app.run(main)
