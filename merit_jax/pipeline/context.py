@@ -1,7 +1,7 @@
 """Shared, lazily built state of one pipeline invocation: tasks, tokenizer, model and loss.
 
-Stages read what they need from a `Context`; each object is built on first use and cached, so a
-rerun that skips most stages does no needless work, and all stages share one compiled loss.
+Stages read what they need from a `Context`. Each object is built on first use and cached, so a
+rerun that skips most stages does no needless work and all stages share one compiled loss.
 """
 
 import functools
@@ -16,6 +16,7 @@ from merit_jax import data as data_lib
 from merit_jax.core import tree as tree_lib
 from merit_jax.models import qwen2
 from merit_jax.models.functional import FunctionalModule
+from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.plan import stable_seed
 from merit_jax.pipeline.workdir import Manifest
 from merit_jax.training import checkpoint as checkpoint_lib
@@ -38,7 +39,9 @@ class Context:
         source = self.config.data.source
         if source == "builtin":
             tasks = data_lib.builtin_mixture(
-                examples_per_task=self.config.data.examples_per_task, seed=self.config.seed
+                examples_per_task=self.config.data.examples_per_task,
+                seed=self.config.seed,
+                task_names=tuple(self.config.data.builtin_tasks) or None,
             )
         elif source == "jsonl":
             tasks = data_lib.read_jsonl_mixture(
@@ -46,7 +49,7 @@ class Context:
                 min_examples_per_task=self.config.data.min_examples_per_task,
             )
         else:
-            raise ValueError(f"unknown config.data.source {source!r}; use 'builtin' or 'jsonl'")
+            raise ConfigError(f"unknown config.data.source {source!r}; use 'builtin' or 'jsonl'")
         return sorted(tasks, key=lambda task: task.name)
 
     @property
@@ -57,16 +60,19 @@ class Context:
     def splits(self) -> dict:
         """Task name → `TaskSplit` (warmup, train, heldout, calibration ⊂ train)."""
         data = self.config.data
-        return {
-            task.name: data_lib.split_task(
-                task,
-                seed=self.config.seed,
-                warmup_size=data.warmup_size,
-                heldout_size=data.heldout_size,
-                calibration_size=data.calibration_size,
-            )
-            for task in self.tasks
-        }
+        splits = {}
+        for task in self.tasks:
+            try:
+                splits[task.name] = data_lib.split_task(
+                    task,
+                    seed=self.config.seed,
+                    warmup_size=data.warmup_size,
+                    heldout_size=data.heldout_size,
+                    calibration_size=data.calibration_size,
+                )
+            except ValueError as error:
+                raise ConfigError(f"{error} (config.data.warmup_size and config.data.heldout_size)") from error
+        return splits
 
     @property
     def tokenizer_dir(self) -> Path:
@@ -144,6 +150,24 @@ class Context:
 
     def load_params(self, directory: Path) -> dict:
         return checkpoint_lib.load_params(directory, self.abstract_params)
+
+    @functools.cached_property
+    def stop_token_ids(self) -> tuple[int, ...]:
+        """Token ids that end a generated answer: the tokenizer's and the model config's eos."""
+        ids = {self.tokenizer.eos_token_id}
+        configured = self.model_config.eos_token_id
+        ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+        ids.discard(None)
+        if not ids:
+            raise ValueError("neither the tokenizer nor the model config defines an eos token id")
+        return tuple(sorted(int(token) for token in ids))
+
+    @property
+    def pad_token_id(self) -> int:
+        """Id written after the end of a generated answer and in padded prompt slots."""
+        if self.tokenizer.pad_token_id is not None:
+            return int(self.tokenizer.pad_token_id)
+        return self.stop_token_ids[0]
 
     @functools.cached_property
     def trainable(self) -> tree_lib.PathFilter:

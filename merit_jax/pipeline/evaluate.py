@@ -1,8 +1,8 @@
 """Evaluation stage: every model on every task's held-out examples, then the results table.
 
-Each model's scores are written to `eval/models/<model>.json` as soon as they are complete, so
-a killed evaluation resumes with the next model; `results.json` and `results.md` are written
-when all models are done.
+Each model's scores are written to `eval/models/<model>.json` as soon as they are complete, so a
+killed evaluation resumes with the next model. `results.json` and `results.md` are written when
+all models are done.
 """
 
 import functools
@@ -38,8 +38,6 @@ def _load_model_params(ctx: Context, model: str):
 
 @functools.lru_cache(maxsize=None)
 def _generate_fn(ctx: Context):
-    config = ctx.model_config
-
     def generate(params, ids, mask, max_new_tokens):
         return qwen2.greedy_generate(
             ctx.functional,
@@ -47,8 +45,8 @@ def _generate_fn(ctx: Context):
             ids,
             mask,
             max_new_tokens=max_new_tokens,
-            eos_token_id=config.eos_token_id,
-            pad_token_id=config.pad_token_id,
+            eos_token_id=ctx.stop_token_ids,
+            pad_token_id=ctx.pad_token_id,
         )
 
     return generate
@@ -75,7 +73,7 @@ def evaluate_task(ctx: Context, params, task_name: str, loss_fn) -> dict:
         prompts,
         batch_size=ctx.config.eval.batch_size,
         bucket_lengths=tuple(ctx.config.data.bucket_lengths),
-        pad_id=ctx.model_config.pad_token_id,
+        pad_id=ctx.pad_token_id,
     )
     decode = lambda tokens: ctx.tokenizer.decode(tokens, skip_special_tokens=True)
     answers = metrics_lib.generate_answers(_generate_fn(ctx), params, batches, decode, len(prompts), max_new_tokens)

@@ -57,7 +57,7 @@ def split_models(config) -> list[tuple[str, str, int]]:
 
 
 def evaluated_models(config) -> list[str]:
-    """All models of the results table, in row order."""
+    """List the models of the results table, in row order."""
     models = ["base"] + [joint_model(epochs) for epochs in config.baselines.joint_epochs]
     random_models = [random_model(dims) for dims in config.baselines.random_dims]
     return models + random_models + [merit_model(dims) for dims in config.split.dims]

@@ -16,6 +16,7 @@ from merit_jax.core import split as split_lib
 from merit_jax.core.merge import merge_weights
 from merit_jax.pipeline import plan
 from merit_jax.pipeline.context import Context, supervised_tokens
+from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.workdir import atomic_directory, read_json, write_json_atomic
 from merit_jax.training.trainer import Trainer
 
@@ -56,7 +57,7 @@ def run_data(ctx: Context) -> dict:
 
 
 def task_table(ctx: Context) -> dict:
-    """The per-task record written by the data stage (family, sample counts, token budget)."""
+    """Read the per-task record of the data stage (family, sample counts, token budget)."""
     return read_json(ctx.workdir / "data" / "tasks.json")["tasks"]
 
 
@@ -65,11 +66,11 @@ def run_init(ctx: Context) -> dict:
     init_dir = ctx.workdir / "init"
     if ctx.config.init.mode == "checkpoint":
         if not ctx.config.model.checkpoint:
-            raise ValueError("config.init.mode is 'checkpoint' but config.model.checkpoint is empty")
+            raise ConfigError("config.init.mode is 'checkpoint' but config.model.checkpoint is empty")
         write_json_atomic(init_dir / "source.json", {"hf_checkpoint": ctx.config.model.checkpoint})
         return {"source": ctx.config.model.checkpoint}
     if ctx.config.init.mode != "warmup":
-        raise ValueError(f"unknown config.init.mode {ctx.config.init.mode!r}; use 'warmup' or 'checkpoint'")
+        raise ConfigError(f"unknown config.init.mode {ctx.config.init.mode!r}; use 'warmup' or 'checkpoint'")
 
     ctx.log_sizes()
     # The warm-up trains every parameter: θ0 must be a working model, whatever the later subset.
@@ -140,14 +141,17 @@ def run_split(ctx: Context) -> dict:
     """Split the tasks into groups for every MERIT dimension and for the random baselines."""
     pca = read_json(ctx.workdir / "conflicts" / "pca.json")
     if pca["tasks"] != ctx.task_names:
-        raise ValueError("conflicts/pca.json lists other tasks than the current mixture; use a new workdir")
+        raise ConfigError(
+            f"{ctx.workdir / 'conflicts' / 'pca.json'} lists other tasks than the current mixture; "
+            "use a new --workdir for a different mixture"
+        )
     tasks = task_table(ctx)
     names = ctx.task_names
     samples = np.array([tasks[name]["samples"]["train"] for name in names], dtype=np.float64)
     tokens = np.array([tasks[name]["tokens"] for name in names], dtype=np.float64)
     weight_kind = ctx.config.split.weight
     if weight_kind not in ("samples", "tokens"):
-        raise ValueError(f"unknown config.split.weight {weight_kind!r}; use 'samples' or 'tokens'")
+        raise ConfigError(f"unknown config.split.weight {weight_kind!r}; use 'samples' or 'tokens'")
     weights = samples if weight_kind == "samples" else tokens
     scores = np.asarray(pca["scores"], dtype=np.float64)
 

@@ -11,7 +11,41 @@ from absl import logging
 
 from merit_jax.pipeline import evaluate, plan, prepare, train_merge
 from merit_jax.pipeline.context import Context
+from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.workdir import canonical_json, config_hash, read_json, write_json_atomic
+
+
+_CHOICES = {
+    ("data", "source"): ("builtin", "jsonl"),
+    ("init", "mode"): ("warmup", "checkpoint"),
+    ("conflicts", "pca_mode"): ("rows_colcentered", "gram_eig", "double_centered"),
+    ("split", "weight"): ("samples", "tokens"),
+    ("merge", "weights"): ("tokens", "uniform"),
+    ("train", "optimizer"): ("adamw", "sgd"),
+}
+
+
+def validate_config(config, num_tasks: int) -> None:
+    """Reject invalid settings before any stage runs, naming the option and the valid values."""
+    for (section, field), choices in _CHOICES.items():
+        value = config[section][field]
+        if value not in choices:
+            raise ConfigError(f"config.{section}.{field} = {value!r} is invalid; use one of {choices}")
+    if config.init.mode == "checkpoint" and not config.model.checkpoint:
+        raise ConfigError("config.init.mode is 'checkpoint' but config.model.checkpoint is empty")
+
+    dims = list(config.split.dims) + list(config.baselines.random_dims)
+    for r in dims:
+        if not isinstance(r, int) or r < 1 or 2**r > num_tasks:
+            raise ConfigError(
+                f"split dimension r = {r!r} needs 2^r <= {num_tasks} tasks; change config.split.dims "
+                "or config.baselines.random_dims"
+            )
+    if not config.split.dims:
+        raise ConfigError("config.split.dims is empty; give at least one MERIT dimension, e.g. (1, 2, 3)")
+    for epochs in config.baselines.joint_epochs:
+        if not isinstance(epochs, int) or epochs < 1:
+            raise ConfigError(f"config.baselines.joint_epochs contains {epochs!r}; use whole epochs >= 1")
 
 
 def _section(config, name: str):
@@ -45,6 +79,7 @@ def run_pipeline(config, workdir: str | Path) -> Context:
     ctx = Context(config, workdir)
     # Read and validate the mixture before anything is written, so bad input leaves no trace.
     logging.info("mixture: %d tasks, %d split", len(ctx.tasks), len(ctx.splits))
+    validate_config(config, len(ctx.tasks))
     _record_config(ctx)
     hashes = {}
 

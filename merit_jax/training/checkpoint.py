@@ -6,7 +6,6 @@ the model's real key types. `OrbaxLeafSource` reads one leaf at a time for strea
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import jax
@@ -58,16 +57,9 @@ def load_params(directory: str | os.PathLike, target):
 
 
 def is_checkpoint(directory: str | os.PathLike) -> bool:
-    """Tell whether `directory` holds a committed orbax checkpoint."""
+    """Tell whether `directory` contains a committed orbax checkpoint."""
     directory = Path(directory)
     return directory.is_dir() and (directory / "_CHECKPOINT_METADATA").exists()
-
-
-def remove_incomplete(directory: str | os.PathLike) -> None:
-    """Delete `directory` when it exists but holds no committed checkpoint."""
-    directory = Path(directory)
-    if directory.exists() and not is_checkpoint(directory):
-        shutil.rmtree(directory)
 
 
 class OrbaxLeafSource:

@@ -32,14 +32,3 @@ def make_causal_lm_loss(apply_fn: Callable) -> Callable:
 
     return loss_fn
 
-
-def make_per_example_loss(apply_fn: Callable) -> Callable:
-    """Build `fn(params, batch) -> (loss_sum (B,), token_count (B,))`, one value per row."""
-
-    def per_example(params, batch):
-        logits = apply_fn(params, batch["input_ids"], attention_mask=batch["attention_mask"])
-        mask = batch["loss_mask"].astype(jnp.float32)
-        token_loss = token_cross_entropy(logits, batch["targets"])
-        return jnp.sum(token_loss * mask, axis=-1), jnp.sum(mask, axis=-1)
-
-    return per_example

@@ -1,8 +1,8 @@
 """The training loop shared by the θ0 warm-up, the joint baselines and every MERIT branch.
 
-A run is fully determined by its starting parameters, its config and its batches per epoch, so
-a run killed at any point resumes from its latest orbax checkpoint and ends with the same
-weights, bit for bit on CPU, as an uninterrupted run. One `Trainer` compiles its step once per
+A run is fully determined by its starting parameters, its config and its batches per epoch.
+So a run killed at any point resumes from its latest orbax checkpoint and ends with the same
+weights as an uninterrupted run (bit for bit on CPU). One `Trainer` compiles its step once per
 batch shape and reuses it for every run, whatever the run's length.
 """
 
@@ -159,7 +159,7 @@ class Trainer:
         final = tree_lib.combine(trained, frozen)
         checkpoint_lib.save_params(params_dir, final)
         manager.close()
-        # The resumable checkpoint holds the optimizer state too; the final parameters replace it.
+        # The final parameters replace the resumable checkpoint, which also contains the optimizer state.
         shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
         logging.info("run %s: finished, parameters in %s", run_dir.name, params_dir)
         return RunResult(final, params_dir, total_steps)
