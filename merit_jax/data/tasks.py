@@ -11,6 +11,9 @@ import numpy as np
 
 ROLES = ("system", "user", "assistant")
 
+# Marks where an image of `Example.images` sits in a message, in the order of the images.
+IMAGE_PLACEHOLDER = "<image>"
+
 
 @dataclasses.dataclass(frozen=True)
 class Message:
@@ -28,10 +31,15 @@ class Message:
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """A conversation of task `task` whose last message is the assistant answer."""
+    """A conversation of task `task` whose last message is the assistant answer.
+
+    `images` are hashable image references (see `merit_jax.data.vision`), one for each
+    `IMAGE_PLACEHOLDER` in the messages, in order. Text-only examples have none.
+    """
 
     task: str
     messages: tuple[Message, ...]
+    images: tuple = ()
 
     def __post_init__(self):
         if not self.messages:
@@ -41,6 +49,19 @@ class Example:
                 f"example of task {self.task!r} ends with a {self.messages[-1].role!r} message; "
                 "the last message must be the assistant answer"
             )
+        if not isinstance(self.images, tuple):
+            raise TypeError(f"example of task {self.task!r}: images must be a tuple, got {type(self.images).__name__}")
+
+        # Text-only examples may contain the placeholder as plain text, so only count it when
+        # images are attached.
+        if self.images:
+            placeholders = sum(message.content.count(IMAGE_PLACEHOLDER) for message in self.messages)
+            if placeholders != len(self.images):
+                raise ValueError(
+                    f"example of task {self.task!r} has {len(self.images)} image(s) but {placeholders} "
+                    f"{IMAGE_PLACEHOLDER} placeholder(s) in its messages; put exactly one placeholder "
+                    "where each image belongs"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
