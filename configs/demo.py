@@ -109,4 +109,5 @@ def _train_config(*, learning_rate: float, batch_size: int) -> ml_collections.Co
     train.micro_batches = 1  # gradient-accumulation slices per step
     train.log_every = 10
     train.checkpoint_every = 25  # steps between resumable checkpoints
+    train.snapshots = 3  # intermediate parameter copies per run, for trajectory plots
     return train

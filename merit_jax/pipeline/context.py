@@ -8,6 +8,7 @@ import functools
 from pathlib import Path
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -18,7 +19,7 @@ from merit_jax.models import qwen2
 from merit_jax.models.functional import FunctionalModule
 from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.plan import stable_seed
-from merit_jax.pipeline.workdir import Manifest
+from merit_jax.pipeline.workdir import Manifest, read_json
 from merit_jax.training import checkpoint as checkpoint_lib
 from merit_jax.training.loss import make_causal_lm_loss
 
@@ -31,6 +32,15 @@ class Context:
         self.workdir = Path(workdir)
         self.manifest = Manifest(self.workdir)
 
+    @classmethod
+    def from_workdir(cls, workdir: str | Path) -> "Context":
+        """Open an existing workdir with the config recorded in its `config.json` (for analyses)."""
+        config_path = Path(workdir) / "config.json"
+        if not config_path.exists():
+            raise FileNotFoundError(f"{config_path} not found; run the pipeline on {workdir} first")
+        config = ml_collections.ConfigDict(read_json(config_path))
+        return cls(config, workdir)
+
     # Data ---------------------------------------------------------------------------------------
 
     @functools.cached_property
@@ -41,7 +51,7 @@ class Context:
             tasks = data_lib.builtin_mixture(
                 examples_per_task=self.config.data.examples_per_task,
                 seed=self.config.seed,
-                task_names=tuple(self.config.data.builtin_tasks) or None,
+                task_names=tuple(self.config.data.get("builtin_tasks", ())) or None,
             )
         elif source == "jsonl":
             tasks = data_lib.read_jsonl_mixture(

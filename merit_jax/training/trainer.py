@@ -7,6 +7,8 @@ batch shape and reuses it for every run, whatever the run's length.
 """
 
 import dataclasses
+import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -101,7 +103,8 @@ class Trainer:
 
     `train_config` is a `config.train`-like ConfigDict: learning_rate, warmup_fraction, decay,
     optimizer, adam_b1/b2/eps, weight_decay, clip_norm, micro_batches, log_every and
-    checkpoint_every (steps).
+    checkpoint_every (steps), and optionally snapshots: the number of evenly spaced intermediate
+    copies of the trainable parameters kept in `run_dir/snapshots/<step>` for trajectory plots.
     """
 
     def __init__(self, *, loss_fn: Callable, trainable: Callable[[str], bool], train_config):
@@ -150,6 +153,7 @@ class Trainer:
         else:
             logging.info("run %s: training %d steps (%d epochs)", run_dir.name, total_steps, num_epochs)
 
+        _write_run_info(run_dir, total_steps=total_steps, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
         schedule = make_run_schedule(self.config, total_steps)
         trained = self._loop(
             run_dir, state, frozen, epoch_batches, first_epoch, start_step, total_steps, schedule,
@@ -169,6 +173,7 @@ class Trainer:
         manager, metrics,
     ):
         steps_per_epoch = len(first_epoch)
+        snapshot_steps = _snapshot_steps(total_steps, self.config.get("snapshots", 0))
         trainable, opt_state = state["trainable"], state["opt_state"]
         epoch, batches = 0, first_epoch
         window, window_start = [], time.perf_counter()
@@ -190,12 +195,37 @@ class Trainer:
                 metrics.write(record)
                 progress.set_postfix(loss=f"{record['loss']:.4f}")
                 window, window_start = [], time.perf_counter()
+            if done in snapshot_steps:
+                _save_snapshot(run_dir, done, trainable)
             if done % self.config.checkpoint_every == 0 and done < total_steps:
                 saved = {"trainable": trainable, "opt_state": opt_state}
                 manager.save(done, args=ocp.args.StandardSave(saved))
             progress.update(1)
         progress.close()
         return trainable
+
+
+def _write_run_info(run_dir: Path, **info) -> None:
+    """Write `run.json` (step counts), which readers of metrics and snapshots need for epoch fractions."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    temporary = run_dir / f".run.json.tmp-{os.getpid()}"
+    temporary.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(temporary, run_dir / "run.json")
+
+
+def _snapshot_steps(total_steps: int, count: int) -> set[int]:
+    """Steps after which to keep a snapshot: `count` evenly spaced points before the last step."""
+    steps = {round(total_steps * index / (count + 1)) for index in range(1, count + 1)}
+    return {step for step in steps if 0 < step < total_steps}
+
+
+def _save_snapshot(run_dir: Path, step: int, trainable) -> None:
+    directory = run_dir / "snapshots" / f"{step:08d}"
+    # A resumed run passes the same steps again; the snapshot saved before the kill is kept.
+    if checkpoint_lib.is_checkpoint(directory):
+        return
+    shutil.rmtree(directory, ignore_errors=True)
+    checkpoint_lib.save_params(directory, trainable)
 
 
 def _log_record(step: int, steps_per_epoch: int, window: list, started: float) -> dict:

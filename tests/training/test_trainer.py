@@ -1,5 +1,7 @@
 """Tests of the optimizer recipe and the resumable training loop on a small softmax regression."""
 
+import json
+
 import ml_collections
 import numpy as np
 import optax
@@ -181,3 +183,24 @@ def test_finished_run_is_loaded_not_retrained(tmp_path):
 
     again = trainer.run(run_dir=tmp_path / "run", params=_params(), epoch_batches=no_batches_after_first, num_epochs=1)
     assert np.array_equal(first.params["dense"]["kernel"], again.params["dense"]["kernel"])
+
+
+def test_snapshots_are_evenly_spaced_and_survive_resume(tmp_path):
+    config = _config(snapshots=3)
+    trainer = Trainer(loss_fn=_loss_fn, trainable=TRAINABLE, train_config=config)
+
+    def failing(epoch):
+        return _FailingEpoch(_epoch_batches(epoch), fail_at=4) if epoch == 1 else _epoch_batches(epoch)
+
+    with pytest.raises(_Interrupt):
+        trainer.run(run_dir=tmp_path / "run", params=_params(), epoch_batches=failing, num_epochs=2)
+    result = trainer.run(run_dir=tmp_path / "run", params=_params(), epoch_batches=_epoch_batches, num_epochs=2)
+
+    snapshots = sorted(path.name for path in (tmp_path / "run" / "snapshots").iterdir())
+    assert snapshots == ["00000002", "00000005", "00000008"]
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info == {"num_epochs": 2, "steps_per_epoch": 5, "total_steps": 10}
+    snapshot_dir = tmp_path / "run" / "snapshots" / "00000008"
+    snapshot = checkpoint_lib.load_params(snapshot_dir, {"dense": result.params["dense"]})
+    assert not np.array_equal(snapshot["dense"]["kernel"], result.params["dense"]["kernel"])
+    assert "frozen_scale" not in snapshot
