@@ -15,13 +15,13 @@ from flax import nnx
 
 from merit_jax import data as data_lib
 from merit_jax.core import tree as tree_lib
-from merit_jax.models import qwen2
+from merit_jax.data import vision as vision_data
 from merit_jax.models.functional import FunctionalModule
 from merit_jax.pipeline.errors import ConfigError
+from merit_jax.pipeline.families import make_family
 from merit_jax.pipeline.plan import stable_seed
 from merit_jax.pipeline.workdir import Manifest, read_json
 from merit_jax.training import checkpoint as checkpoint_lib
-from merit_jax.training.loss import make_causal_lm_loss
 
 
 class Context:
@@ -46,21 +46,8 @@ class Context:
     @functools.cached_property
     def tasks(self) -> list:
         """The mixture's tasks, sorted by name (the dataset order of every matrix and file)."""
-        source = self.config.data.source
-        if source == "builtin":
-            tasks = data_lib.builtin_mixture(
-                examples_per_task=self.config.data.examples_per_task,
-                seed=self.config.seed,
-                task_names=tuple(self.config.data.get("builtin_tasks", ())) or None,
-            )
-        elif source == "jsonl":
-            tasks = data_lib.read_jsonl_mixture(
-                self.config.data.jsonl_path,
-                min_examples_per_task=self.config.data.min_examples_per_task,
-            )
-        else:
-            raise ConfigError(f"unknown config.data.source {source!r}; use 'builtin' or 'jsonl'")
-        return sorted(tasks, key=lambda task: task.name)
+        tasks = sorted(_read_tasks(self.config), key=lambda task: task.name)
+        return _select_tasks(tasks, self.config.data)
 
     @property
     def task_names(self) -> list[str]:
@@ -97,48 +84,42 @@ class Context:
         """Encoded examples of one task's split part ('warmup', 'train', 'heldout', 'calibration')."""
         examples = getattr(self.splits[task_name], part)
         max_length = self.config.data.max_length
-        return tuple(data_lib.encode_example(self.tokenizer, example, max_length) for example in examples)
+        return tuple(self.family.encode(example, max_length) for example in examples)
 
-    def epoch_batches_fn(self, task_names, part: str, run_name: str, batch_size: int):
+    def epoch_batches_fn(self, task_names, part: str, run_name: str, train_config):
         """Return `epoch → batches` over the `part` examples of `task_names`, shuffled per run."""
         encoded = [item for name in task_names for item in self.encoded(name, part)]
         seed = stable_seed(self.config.seed, run_name)
 
         @functools.lru_cache(maxsize=1)
         def epoch_batches(epoch: int):
-            return data_lib.make_epoch_batches(
+            return self.family.epoch_batches(
                 encoded,
-                batch_size=batch_size,
-                bucket_lengths=tuple(self.config.data.bucket_lengths),
+                batch_size=train_config.batch_size,
                 seed=seed,
                 epoch=epoch,
+                micro_batches=train_config.micro_batches,
             )
 
         return epoch_batches
 
     def eval_batches(self, task_name: str, part: str) -> list:
-        return data_lib.make_eval_batches(
-            self.encoded(task_name, part),
-            batch_size=self.config.eval.batch_size,
-            bucket_lengths=tuple(self.config.data.bucket_lengths),
-        )
+        return self.family.eval_batches(self.encoded(task_name, part), batch_size=self.config.eval.batch_size)
 
     # Model --------------------------------------------------------------------------------------
 
     @functools.cached_property
-    def model_config(self) -> qwen2.Qwen2Config:
-        model = self.config.model
-        if model.checkpoint:
-            return qwen2.Qwen2Config.from_pretrained_dir(model.checkpoint)
-        fields = dict(model.scratch)
-        fields["vocab_size"] = len(self.tokenizer)
-        special = self.tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>"])
-        fields.update(bos_token_id=special[0], eos_token_id=special[1], pad_token_id=special[0])
-        return qwen2.Qwen2Config(**fields)
+    def family(self):
+        """The model family (text or vision-language) that encodes, batches and runs the model."""
+        return make_family(self)
 
-    def _build_model(self) -> qwen2.Qwen2ForCausalLM:
+    @functools.cached_property
+    def model_config(self):
+        return self.family.model_config()
+
+    def _build_model(self):
         seed = stable_seed(self.config.seed, "model-init")
-        return qwen2.Qwen2ForCausalLM(self.model_config, rngs=nnx.Rngs(seed))
+        return self.family.build_model(self.model_config, nnx.Rngs(seed))
 
     @functools.cached_property
     def _abstract(self) -> tuple[FunctionalModule, dict]:
@@ -187,7 +168,8 @@ class Context:
 
     @functools.cached_property
     def loss_fn(self):
-        return make_causal_lm_loss(self.functional.apply)
+        """`loss_fn(params, batch) -> (loss_sum, token_count)` of this model on its batches."""
+        return self.family.loss_fn(self.functional)
 
     @functools.cached_property
     def jitted_loss(self):
@@ -200,8 +182,7 @@ class Context:
         if (init_dir / "params").exists():
             return self.load_params(init_dir / "params")
         if self.config.model.checkpoint:
-            model, _ = qwen2.load_hf_checkpoint(self.config.model.checkpoint)
-            return FunctionalModule.from_module(model)[1]
+            return self.family.load_hf_params(self.config.model.checkpoint)
         raise FileNotFoundError(f"θ0 not found in {init_dir}; run the init stage first")
 
     def log_sizes(self) -> None:
@@ -215,3 +196,58 @@ class Context:
 def supervised_tokens(encoded_examples) -> int:
     """Total supervised (loss-bearing) tokens of encoded examples: the token budget n_t."""
     return int(sum(np.sum(item.loss_mask) for item in encoded_examples))
+
+
+def _read_tasks(config) -> list:
+    """Build or read the mixture named by `config.data.source`."""
+    data = config.data
+    source = data.source
+    # With a task subset, small tasks are dropped by the selection instead of failing the read.
+    min_examples = 1 if data.get("num_tasks", 0) else data.min_examples_per_task
+    if source == "builtin":
+        return data_lib.builtin_mixture(
+            examples_per_task=data.examples_per_task,
+            seed=config.seed,
+            task_names=tuple(data.get("builtin_tasks", ())) or None,
+        )
+    if source == "jsonl":
+        return data_lib.read_jsonl_mixture(data.jsonl_path, min_examples_per_task=min_examples)
+    if source == "digits":
+        # The same seed and split sizes as `split_task`, so held-out examples get unseen images.
+        return vision_data.digits_mixture(
+            data.examples_per_task,
+            config.seed,
+            task_names=tuple(data.get("builtin_tasks", ())) or None,
+            image_size=data.images.image_size,
+            warmup_size=data.warmup_size,
+            heldout_size=data.heldout_size,
+        )
+    if source == "vision_flan":
+        return vision_data.read_vision_flan(
+            data.annotation_path, image_root=data.image_root, min_examples_per_task=min_examples
+        )
+    if source == "llava":
+        return [
+            vision_data.read_llava_conversations(
+                path, image_root=data.image_root, task_name=Path(path).stem, min_examples=min_examples
+            )
+            for path in data.annotation_paths
+        ]
+    raise ConfigError(
+        f"config.data.source = {source!r} is invalid; use 'builtin', 'jsonl', 'digits', 'vision_flan' or 'llava'"
+    )
+
+
+def _select_tasks(tasks: list, data) -> list:
+    """Keep `data.num_tasks` tasks drawn with `data.task_seed` from those with enough examples."""
+    count = data.get("num_tasks", 0)
+    if not count or data.source in ("builtin", "digits"):
+        return tasks
+    eligible = [task for task in tasks if len(task.examples) >= data.min_examples_per_task]
+    if count > len(eligible):
+        raise ConfigError(
+            f"config.data.num_tasks={count} but only {len(eligible)} tasks have at least "
+            f"{data.min_examples_per_task} examples; lower num_tasks or min_examples_per_task"
+        )
+    chosen = np.random.default_rng(data.task_seed).choice(len(eligible), size=count, replace=False)
+    return [eligible[index] for index in sorted(chosen)]

@@ -5,8 +5,6 @@ killed evaluation resumes with the next model. `results.json` and `results.md` a
 all models are done.
 """
 
-import functools
-
 import numpy as np
 from absl import logging
 from tqdm.auto import tqdm
@@ -14,7 +12,6 @@ from tqdm.auto import tqdm
 from merit_jax import data as data_lib
 from merit_jax.evaluation import metrics as metrics_lib
 from merit_jax.evaluation.tables import render_markdown
-from merit_jax.models import qwen2
 from merit_jax.pipeline import plan
 from merit_jax.pipeline.context import Context
 from merit_jax.pipeline.prepare import task_table
@@ -36,22 +33,6 @@ def _load_model_params(ctx: Context, model: str):
     return ctx.load_params(model_params_dir(ctx, model))
 
 
-@functools.lru_cache(maxsize=None)
-def _generate_fn(ctx: Context):
-    def generate(params, ids, mask, max_new_tokens):
-        return qwen2.greedy_generate(
-            ctx.functional,
-            params,
-            ids,
-            mask,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=ctx.stop_token_ids,
-            pad_token_id=ctx.pad_token_id,
-        )
-
-    return generate
-
-
 def _max_new_tokens(ctx: Context, references: list[str]) -> int:
     """Smallest configured generation length that fits the longest reference plus its end token."""
     longest = max(len(ctx.tokenizer(reference, add_special_tokens=False)["input_ids"]) for reference in references)
@@ -66,17 +47,15 @@ def evaluate_task(ctx: Context, params, task_name: str, loss_fn) -> dict:
     loss = metrics_lib.heldout_loss(loss_fn, params, ctx.eval_batches(task_name, "heldout"))
 
     examples = ctx.splits[task_name].heldout
-    prompts = [data_lib.encode_prompt(ctx.tokenizer, example) for example in examples]
     references = [data_lib.reference_answer(example) for example in examples]
-    max_new_tokens = _max_new_tokens(ctx, references)
-    batches = data_lib.make_prompt_batches(
-        prompts,
-        batch_size=ctx.config.eval.batch_size,
-        bucket_lengths=tuple(ctx.config.data.bucket_lengths),
+    answers = ctx.family.generate_answers(
+        ctx.functional,
+        params,
+        examples,
+        max_new_tokens=_max_new_tokens(ctx, references),
+        stop_ids=ctx.stop_token_ids,
         pad_id=ctx.pad_token_id,
     )
-    decode = lambda tokens: ctx.tokenizer.decode(tokens, skip_special_tokens=True)
-    answers = metrics_lib.generate_answers(_generate_fn(ctx), params, batches, decode, len(prompts), max_new_tokens)
     match = metrics_lib.exact_match(answers, references)
     return {
         "loss": loss.loss,

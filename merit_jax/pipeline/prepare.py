@@ -36,8 +36,7 @@ def run_data(ctx: Context) -> dict:
                 for task_split in ctx.splits.values()
                 for example in task_split.warmup + task_split.train
             ]
-            texts = data_lib.example_texts(examples)
-            tokenizer = data_lib.train_tokenizer(texts, vocab_size=ctx.config.tokenizer.vocab_size)
+            tokenizer = ctx.family.train_tokenizer(examples, ctx.config.tokenizer.vocab_size)
         data_lib.save_tokenizer(tokenizer, ctx.tokenizer_dir)
 
     tasks = {}
@@ -74,11 +73,16 @@ def run_init(ctx: Context) -> dict:
 
     ctx.log_sizes()
     # The warm-up trains every parameter: θ0 must be a working model, whatever the later subset.
-    trainer = Trainer(loss_fn=ctx.loss_fn, trainable=lambda path: True, train_config=ctx.config.init.train)
+    trainer = Trainer(
+        loss_fn=ctx.loss_fn,
+        trainable=lambda path: True,
+        train_config=ctx.config.init.train,
+        stacked_batches=ctx.family.stacked_batches,
+    )
     result = trainer.run(
         run_dir=init_dir,
         params=ctx.random_init_params() if not ctx.config.model.checkpoint else ctx.theta0(),
-        epoch_batches=ctx.epoch_batches_fn(ctx.task_names, "warmup", "init", ctx.config.init.train.batch_size),
+        epoch_batches=ctx.epoch_batches_fn(ctx.task_names, "warmup", "init", ctx.config.init.train),
         num_epochs=ctx.config.init.epochs,
     )
     return {"steps": result.total_steps}

@@ -16,7 +16,8 @@ from merit_jax.pipeline.workdir import canonical_json, config_hash, read_json, w
 
 
 _CHOICES = {
-    ("data", "source"): ("builtin", "jsonl"),
+    ("data", "source"): ("builtin", "jsonl", "digits", "vision_flan", "llava"),
+    ("model", "family"): ("qwen2", "qwen2_5_vl"),
     ("init", "mode"): ("warmup", "checkpoint"),
     ("conflicts", "pca_mode"): ("rows_colcentered", "gram_eig", "double_centered"),
     ("split", "weight"): ("samples", "tokens"),
@@ -28,9 +29,15 @@ _CHOICES = {
 def validate_config(config, num_tasks: int) -> None:
     """Reject invalid settings before any stage runs, naming the option and the valid values."""
     for (section, field), choices in _CHOICES.items():
-        value = config[section][field]
+        value = config[section].get(field, choices[0])
         if value not in choices:
             raise ConfigError(f"config.{section}.{field} = {value!r} is invalid; use one of {choices}")
+    for name, train in (("train", config.train), ("init.train", config.init.train)):
+        if train.micro_batches < 1 or train.batch_size % train.micro_batches:
+            raise ConfigError(
+                f"config.{name}.batch_size={train.batch_size} must be a multiple of "
+                f"config.{name}.micro_batches={train.micro_batches}"
+            )
     if config.init.mode == "checkpoint" and not config.model.checkpoint:
         raise ConfigError("config.init.mode is 'checkpoint' but config.model.checkpoint is empty")
 

@@ -23,7 +23,12 @@ from merit_jax.training.trainer import Trainer
 @functools.lru_cache(maxsize=None)
 def _trainer(ctx: Context) -> Trainer:
     # One trainer for all runs of the mixture, so its compiled step is shared.
-    return Trainer(loss_fn=ctx.loss_fn, trainable=ctx.trainable, train_config=ctx.config.train)
+    return Trainer(
+        loss_fn=ctx.loss_fn,
+        trainable=ctx.trainable,
+        train_config=ctx.config.train,
+        stacked_batches=ctx.family.stacked_batches,
+    )
 
 
 def run_training(ctx: Context, run: RunSpec) -> dict:
@@ -31,7 +36,7 @@ def run_training(ctx: Context, run: RunSpec) -> dict:
     result = _trainer(ctx).run(
         run_dir=ctx.workdir / "runs" / run.name,
         params=ctx.theta0(),
-        epoch_batches=ctx.epoch_batches_fn(run.tasks, "train", run.name, ctx.config.train.batch_size),
+        epoch_batches=ctx.epoch_batches_fn(run.tasks, "train", run.name, ctx.config.train),
         num_epochs=run.num_epochs,
     )
     return {"steps": result.total_steps, "tasks": len(run.tasks)}

@@ -39,13 +39,16 @@ class RunResult:
     total_steps: int
 
 
-def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, micro_batches: int):
+def make_train_step(
+    loss_fn: Callable, optimizer: optax.GradientTransformation, micro_batches: int, stacked: bool = False
+):
     """Build a jitted `step(trainable, opt_state, frozen, batch, learning_rate)`.
 
     It returns `(trainable, opt_state, metrics)`. The batch (B rows) is cut into `micro_batches`
     equal slices whose gradient sums are added up with `lax.scan` before one division by the
     batch's supervised-token count, so the update equals the full-batch update of the
-    token-mean loss.
+    token-mean loss. With `stacked`, the batch arrives already as micro-batches stacked on a
+    leading axis (for batches whose arrays are not all row-major, such as image patches).
     """
 
     def sum_and_grad(trainable, frozen, batch):
@@ -57,10 +60,13 @@ def make_train_step(loss_fn: Callable, optimizer: optax.GradientTransformation, 
         return grads, loss_sum, token_count
 
     def step(trainable, opt_state, frozen, batch, learning_rate):
-        if micro_batches == 1:
+        if micro_batches == 1 and not stacked:
             grads, loss_sum, token_count = sum_and_grad(trainable, frozen, batch)
         else:
-            sliced = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+            if stacked:
+                sliced = batch
+            else:
+                sliced = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
 
             def accumulate(carry, micro_batch):
                 grads, loss_sum, token_count = sum_and_grad(trainable, frozen, micro_batch)
@@ -107,11 +113,13 @@ class Trainer:
     copies of the trainable parameters kept in `run_dir/snapshots/<step>` for trajectory plots.
     """
 
-    def __init__(self, *, loss_fn: Callable, trainable: Callable[[str], bool], train_config):
+    def __init__(
+        self, *, loss_fn: Callable, trainable: Callable[[str], bool], train_config, stacked_batches: bool = False
+    ):
         self.config = train_config
         self.trainable = trainable
         self.optimizer = make_optimizer(train_config)
-        self.step_fn = make_train_step(loss_fn, self.optimizer, train_config.micro_batches)
+        self.step_fn = make_train_step(loss_fn, self.optimizer, train_config.micro_batches, stacked_batches)
 
     def run(
         self,

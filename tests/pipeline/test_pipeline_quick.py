@@ -8,33 +8,19 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.demo_runs import ROOT, quick_demo_command, run_quick_demo
 
-ROOT = Path(__file__).resolve().parents[2]
+
 MODELS = ["Base (θ0)", "Joint (1 ep)", "Joint (2 ep)", "Random-8", "MERIT-1D", "MERIT-2D", "MERIT-3D"]
 MERGED = ["merit-1d", "merit-2d", "merit-3d", "random8"]
 
 pytestmark = pytest.mark.slow
-
-
-def _command(workdir, *overrides):
-    return [
-        sys.executable, "-m", "merit_jax.main", "--config=configs/demo.py:quick",
-        f"--workdir={workdir}", *overrides,
-    ]
-
-
-def _run(workdir, *overrides, check=True):
-    result = subprocess.run(_command(workdir, *overrides), cwd=ROOT, capture_output=True, text=True, timeout=1500)
-    if check and result.returncode != 0:
-        raise AssertionError(f"pipeline failed ({result.returncode}):\n{result.stderr[-4000:]}")
-    return result
 
 
 def _stages(workdir):
@@ -49,11 +35,9 @@ def _merged_leaves(workdir, model):
     return {path: source.read(path) for path in source.leaf_specs()}
 
 
-@pytest.fixture(scope="module")
-def reference_workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("quick") / "workdir"
-    _run(workdir)
-    return workdir
+@pytest.fixture
+def reference_workdir(quick_workdir):
+    return quick_workdir
 
 
 def test_quick_demo_fills_every_results_row(reference_workdir):
@@ -96,7 +80,7 @@ def test_quick_demo_trains_every_model(reference_workdir):
 def test_rerun_skips_finished_stages(reference_workdir):
     before = _stages(reference_workdir)
     started = time.perf_counter()
-    _run(reference_workdir)
+    run_quick_demo(reference_workdir)
     assert time.perf_counter() - started < 120
     after = _stages(reference_workdir)
     assert after == before
@@ -105,7 +89,7 @@ def test_rerun_skips_finished_stages(reference_workdir):
 def test_killed_branch_training_resumes_to_same_weights(reference_workdir, tmp_path):
     workdir = tmp_path / "killed"
     process = subprocess.Popen(
-        _command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        quick_demo_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
     )
     branch = workdir / "runs" / "merit-1d-b0"
     deadline = time.monotonic() + 900
@@ -128,7 +112,7 @@ def test_killed_branch_training_resumes_to_same_weights(reference_workdir, tmp_p
     assert {"data", "init", "gradients", "split", "train:joint-1ep"} <= set(finished_before_kill)
     assert not (branch / "params").exists()
 
-    result = _run(workdir)
+    result = run_quick_demo(workdir)
     assert "resuming at step" in result.stderr
 
     resumed = _stages(workdir)
@@ -151,7 +135,7 @@ def test_malformed_jsonl_fails_cleanly(tmp_path):
     mixture.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n{not json\n")
     workdir = tmp_path / "workdir"
 
-    result = _run(workdir, "--config.data.source=jsonl", f"--config.data.jsonl_path={mixture}", check=False)
+    result = run_quick_demo(workdir, "--config.data.source=jsonl", f"--config.data.jsonl_path={mixture}", check=False)
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
     assert message.startswith("error: ")

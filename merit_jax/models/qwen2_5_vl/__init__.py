@@ -3,7 +3,7 @@
 from merit_jax.models.qwen2.params import CheckpointMismatchError
 from merit_jax.models.qwen2_5_vl.config import Qwen2_5_VLConfig, VisionConfig, published_config
 from merit_jax.models.qwen2_5_vl.generate import greedy_generate
-from merit_jax.models.qwen2_5_vl.inputs import collate_vl_batch, rope_index, vision_layout
+from merit_jax.models.qwen2_5_vl.inputs import collate_vl_batch, collate_vl_prompts, rope_index, vision_layout
 from merit_jax.models.qwen2_5_vl.modeling import Qwen2_5_VLForConditionalGeneration, init_cache
 from merit_jax.models.qwen2_5_vl.params import (
     export_hf_checkpoint,
@@ -20,6 +20,7 @@ __all__ = [
     "VisionConfig",
     "VisionTransformer",
     "collate_vl_batch",
+    "collate_vl_prompts",
     "export_hf_checkpoint",
     "greedy_generate",
     "hf_state_dict_to_params",

@@ -220,8 +220,9 @@ def collate_vl_batch(
       vision: the vision_layout dict of those images for max_patches.
     """
     vision = config.vision_config
-    if not 1 <= len(examples) <= batch_size:
-        raise ValueError(f"got {len(examples)} examples for a batch of batch_size={batch_size}; pass 1 to {batch_size}")
+    # No example at all is allowed: it is the all-padding micro-batch that fills a stacked batch.
+    if len(examples) > batch_size:
+        raise ValueError(f"got {len(examples)} examples for a batch of batch_size={batch_size}; pass at most {batch_size}")
 
     input_ids = np.full((batch_size, seq_len), pad_id, np.int32)
     targets = np.full((batch_size, seq_len), pad_id, np.int32)
@@ -285,4 +286,58 @@ def collate_vl_batch(
         "positions": positions,
         "pixel_values": pixel_values,
         "vision": layout,
+    }
+
+
+def collate_vl_prompts(
+    prompts: Sequence,
+    *,
+    batch_size: int,
+    bucket_lengths: Sequence[int],
+    max_patches: int,
+    config: Qwen2_5_VLConfig,
+    pad_id: int,
+) -> Batch:
+    """Build one left-padded generation batch from up to batch_size prompts.
+
+    Each prompt has `input_ids` int32 (L,), `pixel_values` float32 (n, C*T*P*P) and
+    `image_grid_thw` int (n_images, 3). The sequence length is the smallest of `bucket_lengths`
+    that fits the longest prompt. Rows past the prompts are empty (mask 0). Returns
+    `input_ids`, `attention_mask` (B, L), `positions` (3, B, L), `pixel_values`
+    (max_patches, dim) and `vision`, the layout of every row's images in row order.
+    """
+    if not 1 <= len(prompts) <= batch_size:
+        raise ValueError(f"got {len(prompts)} prompts for a batch of batch_size={batch_size}; pass 1 to {batch_size}")
+    longest = max(len(prompt.input_ids) for prompt in prompts)
+    fitting = [length for length in sorted(bucket_lengths) if length >= longest]
+    if not fitting:
+        raise ValueError(f"a prompt has {longest} tokens, more than the largest bucket {max(bucket_lengths)}; add a larger bucket length")
+    seq_len = fitting[0]
+
+    vision = config.vision_config
+    input_ids = np.full((batch_size, seq_len), pad_id, np.int32)
+    attention_mask = np.zeros((batch_size, seq_len), np.int32)
+    pixel_values = np.zeros((max_patches, vision.patch_dim), np.float32)
+    grids_per_row = [np.zeros((0, 3), np.int64) for _ in range(batch_size)]
+    offset = 0
+    for row, prompt in enumerate(prompts):
+        ids = np.asarray(prompt.input_ids, np.int32)
+        input_ids[row, seq_len - len(ids) :] = ids
+        attention_mask[row, seq_len - len(ids) :] = 1
+        pixels = np.asarray(prompt.pixel_values, np.float32).reshape(-1, vision.patch_dim)
+        if offset + len(pixels) > max_patches:
+            raise ValueError(
+                f"the prompts' images need more than max_patches={max_patches} patches; raise it or use "
+                "a smaller generation batch"
+            )
+        pixel_values[offset : offset + len(pixels)] = pixels
+        offset += len(pixels)
+        grids_per_row[row] = _as_grid(prompt.image_grid_thw)
+
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "positions": rope_index(input_ids, attention_mask, grids_per_row, config),
+        "pixel_values": pixel_values,
+        "vision": vision_layout(np.concatenate(grids_per_row), vision, max_patches),
     }
