@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from merit_jax.data import MixtureFormatError
+from merit_jax.data.vision import ImageError, ImageTruncationError
 from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.runner import run_pipeline
 from merit_jax.pipeline.workdir import StageMismatchError
@@ -43,7 +44,7 @@ def main(argv):
     logging.info("workdir %s", _WORKDIR.value)
     try:
         run_pipeline(_CONFIG.value, _WORKDIR.value)
-    except (ConfigError, MixtureFormatError, StageMismatchError) as error:
+    except (ConfigError, ImageError, ImageTruncationError, MixtureFormatError, StageMismatchError) as error:
         sys.exit(f"error: {error}")
 
 

@@ -79,6 +79,10 @@ class Context:
     def tokenizer(self):
         return data_lib.load_tokenizer(self.tokenizer_dir)
 
+    def use_tokenizer(self, tokenizer) -> None:
+        """Use `tokenizer` before it is saved (the data stage saves it once every example encodes)."""
+        self.__dict__["tokenizer"] = tokenizer
+
     @functools.lru_cache(maxsize=None)
     def encoded(self, task_name: str, part: str) -> tuple:
         """Encoded examples of one task's split part ('warmup', 'train', 'heldout', 'calibration')."""

@@ -22,11 +22,13 @@ from merit_jax.training.trainer import Trainer
 
 
 def run_data(ctx: Context) -> dict:
-    """Train the tokenizer (unless the model brings one) and record every task's split sizes."""
-    data_dir = ctx.workdir / "data"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    """Train the tokenizer (unless the model brings one) and record every task's split sizes.
 
-    if not ctx.tokenizer_dir.exists():
+    Every example, images included, is encoded before anything is written, so invalid input
+    stops the stage with nothing saved.
+    """
+    save_tokenizer = not ctx.tokenizer_dir.exists()
+    if save_tokenizer:
         if ctx.config.model.checkpoint:
             tokenizer = data_lib.load_tokenizer(ctx.config.model.checkpoint)
         else:
@@ -37,19 +39,22 @@ def run_data(ctx: Context) -> dict:
                 for example in task_split.warmup + task_split.train
             ]
             tokenizer = ctx.family.train_tokenizer(examples, ctx.config.tokenizer.vocab_size)
-        data_lib.save_tokenizer(tokenizer, ctx.tokenizer_dir)
+        ctx.use_tokenizer(tokenizer)
 
     tasks = {}
     for task in tqdm(ctx.tasks, desc="encoding tasks", unit="task"):
         task_split = ctx.splits[task.name]
-        train = ctx.encoded(task.name, "train")
+        encoded = {part: ctx.encoded(task.name, part) for part in ("warmup", "train", "heldout")}
         tasks[task.name] = {
             "family": task.family,
             "samples": {part: len(getattr(task_split, part)) for part in ("warmup", "train", "heldout", "calibration")},
-            "tokens": supervised_tokens(train),
-            "truncated": int(sum(item.truncated for part in ("warmup", "train", "heldout") for item in ctx.encoded(task.name, part))),
+            "tokens": supervised_tokens(encoded["train"]),
+            "truncated": int(sum(item.truncated for items in encoded.values() for item in items)),
         }
-    write_json_atomic(data_dir / "tasks.json", {"tasks": tasks, "vocab_size": len(ctx.tokenizer)})
+
+    if save_tokenizer:
+        data_lib.save_tokenizer(ctx.tokenizer, ctx.tokenizer_dir)
+    write_json_atomic(ctx.workdir / "data" / "tasks.json", {"tasks": tasks, "vocab_size": len(ctx.tokenizer)})
     total = sum(info["samples"]["train"] for info in tasks.values())
     logging.info("data: %d tasks, %d training examples, vocabulary %d", len(tasks), total, len(ctx.tokenizer))
     return {"num_tasks": len(tasks), "train_examples": total}

@@ -1,6 +1,7 @@
 """End-to-end run of the vision-language demo: image tasks, frozen vision tower, all results rows."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -68,3 +69,54 @@ def test_warmup_trained_the_vision_tower(vl_workdir):
         assert not np.allclose(np.asarray(initial[path]), theta0[path])
     metrics = [json.loads(line) for line in (vl_workdir / "init" / "metrics.jsonl").read_text().splitlines()]
     assert metrics[-1]["loss"] < metrics[0]["loss"]
+
+
+def _vision_flan_copy(tmp_path):
+    fixtures = ROOT / "tests" / "data" / "vision" / "fixtures"
+    shutil.copytree(fixtures / "images_191task_1k", tmp_path / "images")
+    annotation = tmp_path / "annotation.json"
+    shutil.copy(fixtures / "vision_flan_annotation.json", annotation)
+    return annotation, tmp_path / "images"
+
+
+def _vision_flan_command(annotation, images, workdir):
+    return [
+        sys.executable, "-m", "merit_jax.main", "--config=configs/demo_vl.py:quick", f"--workdir={workdir}",
+        "--config.data.source=vision_flan", f"--config.data.annotation_path={annotation}",
+        f"--config.data.image_root={images}", "--config.data.min_examples_per_task=1",
+        "--config.data.warmup_size=0", "--config.data.heldout_size=0",
+        "--config.split.dims=(1,)", "--config.baselines.random_dims=(1,)",
+    ]
+
+
+def test_corrupt_image_fails_with_one_line_error(tmp_path):
+    annotation, images = _vision_flan_copy(tmp_path)
+    broken = images / "VQA_counting" / "dots_0003.png"
+    broken.write_bytes(broken.read_bytes()[:60])  # a valid header with the pixel data cut off
+    workdir = tmp_path / "workdir"
+
+    result = subprocess.run(
+        _vision_flan_command(annotation, images, workdir), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith("error: ")
+    assert "dots_0003.png" in message
+    assert "Traceback" not in result.stderr
+    # Nothing of the data stage was written: no tokenizer, no task table.
+    assert not (workdir / "data" / "tokenizer").exists()
+    assert not (workdir / "data" / "tasks.json").exists()
+
+
+def test_missing_image_fails_before_writing(tmp_path):
+    annotation, images = _vision_flan_copy(tmp_path)
+    (images / "VQA_counting" / "dots_0003.png").unlink()
+    workdir = tmp_path / "workdir"
+
+    result = subprocess.run(
+        _vision_flan_command(annotation, images, workdir), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 1
+    message = result.stderr.strip().splitlines()[-1]
+    assert "dots_0003.png" in message and str(annotation) in message
+    assert not workdir.exists()
