@@ -14,13 +14,14 @@ vision tower and the projector stay frozen at θ0. The results table goes to WOR
 
 import ml_collections
 
-from merit_jax.pipeline.defaults import default_config, train_config
+from merit_jax.pipeline.defaults import apply_job_options, default_config, parse_arg, train_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg not in (None, "", "full", "quick"):
-        raise ValueError(f"unknown config argument {arg!r}; use 'quick' or nothing")
-    quick = arg == "quick"
+    preset, options = parse_arg(arg)
+    if preset not in ("", "full", "quick"):
+        raise ValueError(f"unknown config preset {preset!r}; use 'quick' or nothing (plus branch=... or stage=...)")
+    quick = preset == "quick"
     config = default_config()
     config.name = "demo_vl (quick)" if quick else "demo_vl"
 
@@ -73,4 +74,4 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.eval.batch_size = 32
     config.eval.max_new_tokens_buckets = (16, 32, 64)
-    return config
+    return apply_job_options(config, options)

@@ -14,10 +14,11 @@ benchmarks are not run here.
 
 import ml_collections
 
-from merit_jax.pipeline.defaults import vision_flan_config
+from merit_jax.pipeline.defaults import parse_arg, vision_flan_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg:
-        raise ValueError(f"unknown config argument {arg!r}; this config takes none")
-    return vision_flan_config("3b")
+    preset, options = parse_arg(arg)
+    if preset:
+        raise ValueError(f"unknown config preset {preset!r}; this config takes only branch=... or stage=...")
+    return vision_flan_config("3b", options)

@@ -13,10 +13,11 @@ its own mixture and MERIT-2D (K = 4), so pass `--config.split.dims=(2,)` to run 
 
 import ml_collections
 
-from merit_jax.pipeline.defaults import vision_flan_config
+from merit_jax.pipeline.defaults import parse_arg, vision_flan_config
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    if arg:
-        raise ValueError(f"unknown config argument {arg!r}; this config takes none")
-    return vision_flan_config("7b")
+    preset, options = parse_arg(arg)
+    if preset:
+        raise ValueError(f"unknown config preset {preset!r}; this config takes only branch=... or stage=...")
+    return vision_flan_config("7b", options)

@@ -43,7 +43,7 @@ def main(argv):
     logging.get_absl_handler().addFilter(_QuietCheckpointing())
     logging.info("workdir %s", _WORKDIR.value)
     try:
-        run_pipeline(_CONFIG.value, _WORKDIR.value)
+        run_pipeline(_CONFIG.value, _WORKDIR.value, argv=sys.argv)
     except (ConfigError, ImageError, ImageTruncationError, MixtureFormatError, StageMismatchError) as error:
         sys.exit(f"error: {error}")
 

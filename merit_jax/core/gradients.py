@@ -333,3 +333,37 @@ def _json_number(value: Any, key: str) -> Any:
     if array.ndim != 0:
         raise ValueError(f"stat {key!r} must be a scalar, got shape {array.shape}")
     return array.item()
+
+
+def owned_stride_entries(
+    gradient_tree: Any, stride: int, devices: Sequence[jax.Device] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return the strided entries stored on `devices` as (positions int64, values float32).
+
+    `positions` index the vector `stride_subsample` returns, in increasing order, and each entry
+    appears once even when shards are replicated (replica 0 owns it). With every host passing
+    its own devices (the default: this process's), the hosts' entries partition the strided
+    vector, so each host can write its part and the Gram matrix is the sum of per-host Grams.
+    """
+    stride = _validate_stride(stride)
+    devices = set(jax.local_devices() if devices is None else devices)
+    positions, values = [], []
+    offset = 0
+    for _, leaf in tree_lib.leaves_with_paths(gradient_tree):
+        shape = np.shape(leaf)
+        for shard in leaf.global_shards:
+            if shard.device not in devices or shard.replica_id != 0:
+                continue
+            ranges = [np.arange(size)[index] for size, index in zip(shape, shard.index)]
+            local = np.ravel_multi_index(np.meshgrid(*ranges, indexing="ij"), shape).ravel() if shape else np.zeros(1, np.int64)
+            global_index = offset + local
+            kept = global_index % stride == 0
+            positions.append(global_index[kept] // stride)
+            values.append(np.asarray(shard.data, dtype=np.float32).ravel()[kept])
+        offset += int(np.prod(shape))
+
+    if not positions:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    positions, values = np.concatenate(positions), np.concatenate(values)
+    order = np.argsort(positions, kind="stable")
+    return positions[order], values[order]

@@ -14,9 +14,11 @@ from absl import logging
 from flax import nnx
 
 from merit_jax import data as data_lib
+from merit_jax.core import sharding as sharding_lib
 from merit_jax.core import tree as tree_lib
 from merit_jax.data import vision as vision_data
 from merit_jax.models.functional import FunctionalModule
+from merit_jax.pipeline.defaults import default_config
 from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.families import make_family
 from merit_jax.pipeline.plan import stable_seed
@@ -31,6 +33,7 @@ class Context:
         self.config = config
         self.workdir = Path(workdir)
         self.manifest = Manifest(self.workdir)
+        self._placements: dict = {}
 
     @classmethod
     def from_workdir(cls, workdir: str | Path) -> "Context":
@@ -143,8 +146,31 @@ class Context:
         """Freshly initialized parameters (seeded from the config seed)."""
         return FunctionalModule.from_module(self._build_model())[1]
 
-    def load_params(self, directory: Path) -> dict:
-        return checkpoint_lib.load_params(directory, self.abstract_params)
+    def load_params(self, directory: Path, placement: "sharding_lib.Placement | None" = None) -> dict:
+        """Restore parameters from an orbax checkpoint, onto `placement` (default: the run mesh)."""
+        placement = placement or self.placement()
+        target = jax.tree.map(
+            lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+            self.abstract_params,
+            placement.params,
+        )
+        return checkpoint_lib.load_params(directory, target)
+
+    def placement(self, devices: tuple | None = None) -> sharding_lib.Placement:
+        """Mesh, parameter shardings and batch specs for `devices` (default: all devices).
+
+        With `config.mesh.data` > 0, the mesh takes the first data × model of the devices.
+        """
+        devices = tuple(jax.devices() if devices is None else devices)
+        if devices not in self._placements:
+            # Workdirs written before meshes were configurable record no mesh section.
+            mesh_config = self.config.get("mesh") or default_config().mesh
+            if mesh_config.data > 0:
+                devices = devices[: mesh_config.data * mesh_config.model]
+            mesh = sharding_lib.make_mesh(mesh_config.data, mesh_config.model, devices)
+            shardings = sharding_lib.param_shardings(self.abstract_params, mesh, tuple(mesh_config.rules))
+            self._placements[devices] = sharding_lib.Placement(mesh, shardings, self.family.batch_specs)
+        return self._placements[devices]
 
     @functools.cached_property
     def stop_token_ids(self) -> tuple[int, ...]:
@@ -180,13 +206,15 @@ class Context:
         """`jax.jit(loss_fn)`, built once so evaluations of all models share its compilations."""
         return jax.jit(self.loss_fn)
 
-    def theta0(self) -> dict:
-        """Load θ0, the shared starting point of every run (written by the init stage)."""
+    def theta0(self, placement: sharding_lib.Placement | None = None) -> dict:
+        """Load θ0, the shared starting point of every run, onto `placement` (default: all devices)."""
+        placement = placement or self.placement()
         init_dir = self.workdir / "init"
         if (init_dir / "params").exists():
-            return self.load_params(init_dir / "params")
+            return self.load_params(init_dir / "params", placement)
         if self.config.model.checkpoint:
-            return self.family.load_hf_params(self.config.model.checkpoint)
+            params = self.family.load_hf_params(self.config.model.checkpoint)
+            return sharding_lib.place(params, placement.params)
         raise FileNotFoundError(f"θ0 not found in {init_dir}; run the init stage first")
 
     def log_sizes(self) -> None:

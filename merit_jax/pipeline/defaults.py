@@ -104,10 +104,62 @@ def default_config() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.batch_size = 64
     config.eval.max_new_tokens_buckets = (16, 32, 64, 128, 256)
+
+    # Placement; none of it enters stage hashes, so jobs with other layouts share a workdir.
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # devices on the data (batch and FSDP) axis; -1 takes all the rest
+    config.mesh.model = 1  # devices on the model axis (tensor parallelism through the rules)
+    config.mesh.rules = ()  # (regex on parameter paths, partition spec) pairs; the rest is FSDP
+    config.mesh.parallel_branches = 1  # branches trained at once on disjoint groups of devices
+
+    config.distributed = ml_collections.ConfigDict()
+    config.distributed.initialize = False  # call jax.distributed.initialize (several hosts)
+    config.distributed.coordinator_address = ""  # host:port; empty lets JAX read the cluster's
+    config.distributed.num_processes = 0
+    config.distributed.process_id = -1
+
+    # What this invocation does: "all" stages, only "prepare" (data to split), only "train",
+    # or "merge" (merges and evaluation). `branch` trains that one branch run (name or index).
+    config.job = ml_collections.ConfigDict()
+    config.job.stage = "all"
+    config.job.branch = ""
+    config.job.wait_for_branches = 0  # seconds a merge waits for missing branches; 0 fails at once
     return config
 
 
-def vision_flan_config(size: str) -> ml_collections.ConfigDict:
+JOB_OPTIONS = ("branch", "stage")
+
+
+def parse_arg(arg: str | None) -> tuple[str, dict[str, str]]:
+    """Split a config argument such as "quick,branch=3" into the preset ("quick") and job options."""
+    preset, options = "", {}
+    for item in (arg or "").split(","):
+        item = item.strip()
+        if not item:
+            continue
+        if "=" not in item:
+            if preset:
+                raise ValueError(f"config argument {arg!r} names two presets, {preset!r} and {item!r}")
+            preset = item
+            continue
+        key, value = (part.strip() for part in item.split("=", 1))
+        if key not in JOB_OPTIONS:
+            raise ValueError(f"unknown config option {key!r} in {arg!r}; use one of {JOB_OPTIONS}")
+        options[key] = value
+    return preset, options
+
+
+def apply_job_options(config: ml_collections.ConfigDict, options: dict[str, str]) -> ml_collections.ConfigDict:
+    """Set `config.job` from parsed options: branch=k trains one branch, stage=... picks the stages."""
+    if "branch" in options:
+        config.job.branch = options["branch"]
+        config.job.stage = "train"
+    if "stage" in options:
+        config.job.stage = options["stage"]
+    return config
+
+
+def vision_flan_config(size: str, options: dict[str, str] | None = None) -> ml_collections.ConfigDict:
     """MERIT on a published Qwen2.5-VL size ("3b" or "7b") with a Vision-FLAN mixture, as the paper runs it.
 
     θ0 is the user's checkpoint. Of the tasks with at least 50 examples, 136 are drawn with seed
@@ -138,4 +190,4 @@ def vision_flan_config(size: str) -> ml_collections.ConfigDict:
 
     config.train.micro_batches = 16
     config.init.mode = "checkpoint"
-    return config
+    return apply_job_options(config, options or {})

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from merit_jax import data as data_lib
 from merit_jax.data import vision as vision_data
@@ -79,6 +80,10 @@ class TextFamily:
             return _masked_loss(logits, batch)
 
         return loss_fn
+
+    def batch_specs(self, batch: dict) -> dict:
+        """PartitionSpecs of a batch: every array (B, ...) split on its batch axis over `data`."""
+        return jax.tree.map(lambda x: PartitionSpec("data", *([None] * (x.ndim - 1))), batch)
 
     def generate_answers(self, functional, params, examples, *, max_new_tokens, stop_ids, pad_id) -> list[str]:
         prompts = [data_lib.encode_prompt(self.tokenizer, example) for example in examples]
@@ -250,6 +255,23 @@ class VisionLanguageFamily(TextFamily):
             return _masked_loss(logits, batch)
 
         return loss_fn
+
+    def batch_specs(self, batch: dict) -> dict:
+        """PartitionSpecs of a (possibly stacked) batch: token arrays split by row, images replicated.
+
+        The patches of all rows share one array, so they cannot be split by row; every device
+        runs the vision tower on all of them (it is small next to the language model).
+        """
+        lead = (None,) * (batch["input_ids"].ndim - 2)  # the micro-batch axis of stacked batches
+        specs = {}
+        for key, array in batch.items():
+            if key in ("input_ids", "targets", "loss_mask", "attention_mask"):
+                specs[key] = PartitionSpec(*lead, "data", None)
+            elif key == "positions":
+                specs[key] = PartitionSpec(*lead, None, "data", None)
+            else:
+                specs[key] = jax.tree.map(lambda _: PartitionSpec(), array)
+        return specs
 
     def generate_answers(self, functional, params, examples, *, max_new_tokens, stop_ids, pad_id) -> list[str]:
         prompts = [vision_data.encode_vl_prompt(self.tokenizer, example, self._processed_images(example)) for example in examples]

@@ -6,6 +6,7 @@ its own under a temporary name that is renamed into place when complete.
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from absl import logging
 from tqdm.auto import tqdm
 
@@ -14,7 +15,7 @@ from merit_jax.core import conflicts as conflicts_lib
 from merit_jax.core import gradients as gradients_lib
 from merit_jax.core import split as split_lib
 from merit_jax.core.merge import merge_weights
-from merit_jax.pipeline import plan
+from merit_jax.pipeline import distributed, plan
 from merit_jax.pipeline.context import Context, supervised_tokens
 from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.workdir import atomic_directory, read_json, write_json_atomic
@@ -83,6 +84,7 @@ def run_init(ctx: Context) -> dict:
         trainable=lambda path: True,
         train_config=ctx.config.init.train,
         stacked_batches=ctx.family.stacked_batches,
+        placement=ctx.placement(),
     )
     result = trainer.run(
         run_dir=init_dir,
@@ -93,53 +95,78 @@ def run_init(ctx: Context) -> dict:
     return {"steps": result.total_steps}
 
 
+def _gradient_store(ctx: Context) -> gradients_lib.GradientStore:
+    """This host's gradient store: the whole strided vectors, or with several hosts its own entries."""
+    directory = ctx.workdir / "gradients"
+    if jax.process_count() > 1:
+        directory = directory / f"process_{jax.process_index()}"
+    return gradients_lib.GradientStore(directory, stride=ctx.config.gradients.stride)
+
+
+def _missing_on_any_host(store: gradients_lib.GradientStore, names: list[str]) -> list[str]:
+    missing = np.array([name in set(store.missing(names)) for name in names])
+    if jax.process_count() > 1:
+        missing = np.asarray(multihost_utils.process_allgather(missing)).any(axis=0)
+    return [name for name, absent in zip(names, missing) if absent]
+
+
 def run_gradients(ctx: Context) -> dict:
-    """Estimate one strided mean gradient per task on its calibration examples at θ0."""
-    store = gradients_lib.GradientStore(ctx.workdir / "gradients", stride=ctx.config.gradients.stride)
-    missing = store.missing(ctx.task_names)
+    """Estimate one strided mean gradient per task on its calibration examples at θ0.
+
+    With several hosts, each writes the strided entries its devices hold (and their positions),
+    so no host ever gathers a whole gradient.
+    """
+    stride = ctx.config.gradients.stride
+    store = _gradient_store(ctx)
+    missing = _missing_on_any_host(store, ctx.task_names)
     if len(missing) < len(ctx.task_names):
         logging.info("gradients: %d of %d tasks already stored", len(ctx.task_names) - len(missing), len(ctx.task_names))
     if not missing:
         return {"num_tasks": len(ctx.task_names), "length": store.length}
 
     theta0 = ctx.theta0()
+    placement = ctx.placement()
     for name in tqdm(missing, desc="dataset gradients", unit="task"):
-        mean = gradients_lib.dataset_mean_gradient(
-            ctx.loss_fn, theta0, ctx.eval_batches(name, "calibration"), trainable=ctx.trainable, description=name
-        )
-        vector = gradients_lib.stride_subsample(mean.gradient, ctx.config.gradients.stride)
-        store.write(
-            name,
-            vector,
-            loss_sum=mean.loss_sum,
-            token_count=mean.token_count,
-            num_samples=len(ctx.splits[name].calibration),
-        )
+        batches = (placement.place_batch(batch) for batch in ctx.eval_batches(name, "calibration"))
+        mean = gradients_lib.dataset_mean_gradient(ctx.loss_fn, theta0, batches, trainable=ctx.trainable, description=name)
+        if jax.process_count() > 1:
+            positions, vector = gradients_lib.owned_stride_entries(mean.gradient, stride)
+            np.save(store.directory / "positions.npy", positions)
+        else:
+            vector = gradients_lib.stride_subsample(mean.gradient, stride)
+        stats = dict(loss_sum=mean.loss_sum, token_count=mean.token_count, num_samples=len(ctx.splits[name].calibration))
+        store.write(name, vector, **stats)
     return {"num_tasks": len(ctx.task_names), "length": store.length}
 
 
 def run_conflicts(ctx: Context) -> dict:
-    """Build the Gram and cosine matrices blockwise and their PCA embedding."""
-    store = gradients_lib.GradientStore(ctx.workdir / "gradients")
+    """Build the Gram and cosine matrices blockwise and their PCA embedding.
+
+    With several hosts, each sums the products of its own gradient entries and the T × T
+    partial Gram matrices are added up across hosts.
+    """
+    store = _gradient_store(ctx)
     names = ctx.task_names
-    paths = [store.path(name) for name in names]
-    gram = conflicts_lib.gram_blockwise(paths, block_size=ctx.config.gradients.block_size)
+    gram = conflicts_lib.gram_blockwise([store.path(name) for name in names], block_size=ctx.config.gradients.block_size)
+    if jax.process_count() > 1:
+        gram = np.asarray(multihost_utils.process_allgather(gram)).sum(axis=0)
     cosine = conflicts_lib.cosine_from_gram(gram, names=names)
     dims = max(ctx.config.split.dims)
     pca = conflicts_lib.pca_embedding(cosine, dims, mode=ctx.config.conflicts.pca_mode)
 
-    with atomic_directory(ctx.workdir / "conflicts") as directory:
-        np.save(directory / "gram.npy", gram)
-        np.save(directory / "cosine.npy", cosine)
-        write_json_atomic(
-            directory / "pca.json",
-            {
-                "tasks": names,
-                "mode": pca.mode,
-                "scores": np.asarray(pca.scores).tolist(),
-                "explained_variance_ratio": np.asarray(pca.explained_variance_ratio).tolist(),
-            },
-        )
+    if distributed.is_primary():
+        with atomic_directory(ctx.workdir / "conflicts") as directory:
+            np.save(directory / "gram.npy", gram)
+            np.save(directory / "cosine.npy", cosine)
+            write_json_atomic(
+                directory / "pca.json",
+                {
+                    "tasks": names,
+                    "mode": pca.mode,
+                    "scores": np.asarray(pca.scores).tolist(),
+                    "explained_variance_ratio": np.asarray(pca.explained_variance_ratio).tolist(),
+                },
+            )
     ratio = np.asarray(pca.explained_variance_ratio)[:dims]
     logging.info("conflicts: mean off-diagonal cosine %.4f, explained variance %s",
                  (cosine.sum() - len(names)) / (len(names) ** 2 - len(names)), np.round(ratio, 4))

@@ -12,6 +12,7 @@ import numpy as np
 from absl import logging
 
 from merit_jax.core import merge as merge_lib
+from merit_jax.core import sharding as sharding_lib
 from merit_jax.core import tree as tree_lib
 from merit_jax.pipeline.context import Context
 from merit_jax.pipeline.plan import RunSpec
@@ -21,21 +22,23 @@ from merit_jax.training.trainer import Trainer
 
 
 @functools.lru_cache(maxsize=None)
-def _trainer(ctx: Context) -> Trainer:
-    # One trainer for all runs of the mixture, so its compiled step is shared.
+def _trainer(ctx: Context, placement: sharding_lib.Placement) -> Trainer:
+    # One trainer per device group for all runs of the mixture, so its compiled step is shared.
     return Trainer(
         loss_fn=ctx.loss_fn,
         trainable=ctx.trainable,
         train_config=ctx.config.train,
         stacked_batches=ctx.family.stacked_batches,
+        placement=placement,
     )
 
 
-def run_training(ctx: Context, run: RunSpec) -> dict:
-    """Train one run from θ0 on the training examples of its tasks."""
-    result = _trainer(ctx).run(
+def run_training(ctx: Context, run: RunSpec, placement: sharding_lib.Placement | None = None) -> dict:
+    """Train one run from θ0 on the training examples of its tasks, on `placement`'s devices."""
+    placement = placement or ctx.placement()
+    result = _trainer(ctx, placement).run(
         run_dir=ctx.workdir / "runs" / run.name,
-        params=ctx.theta0(),
+        params=ctx.theta0(placement),
         epoch_batches=ctx.epoch_batches_fn(run.tasks, "train", run.name, ctx.config.train),
         num_epochs=run.num_epochs,
     )

@@ -12,9 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
+
+import jax
 
 
 def canonical_json(value: Any) -> str:
@@ -37,21 +41,28 @@ def config_hash(*parts: Any) -> str:
     return hashlib.sha256(canonical_json(list(parts)).encode()).hexdigest()[:16]
 
 
-def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
-    """Write `value` as indented JSON to `path` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(value, indent=2, sort_keys=True, default=_to_jsonable) + "\n")
-    os.replace(temporary, path)
+def _temporary_name(path: Path) -> Path:
+    # Host and process in the name: hosts sharing a filesystem can have equal process ids.
+    return path.with_name(f".{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename (on the primary host only).
+
+    With several hosts every one computes the same content, and process 0 alone writes it.
+    """
+    if jax.process_index() != 0:
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = _temporary_name(path)
     temporary.write_text(text)
     os.replace(temporary, path)
+
+
+def write_json_atomic(path: str | os.PathLike, value: Any) -> None:
+    """Write `value` as indented JSON to `path` through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(value, indent=2, sort_keys=True, default=_to_jsonable) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -71,10 +82,16 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     An existing `path` is never replaced: the caller decides whether a finished output is reused.
     """
     path = Path(path)
+    if jax.process_index() != 0:
+        # Other hosts compute the same outputs; they write them to a private directory that is
+        # dropped, and only collective writes (orbax checkpoints) need their participation.
+        with tempfile.TemporaryDirectory() as private:
+            yield Path(private)
+        return
     if path.exists():
         raise FileExistsError(f"{path} already exists and is never overwritten; delete it to recompute")
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temporary = _temporary_name(path)
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
     try:

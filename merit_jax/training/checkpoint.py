@@ -16,10 +16,17 @@ from merit_jax.core import tree as tree_lib
 
 
 def abstract_like(tree, sharding=None):
-    """Return `tree` with every array replaced by a `jax.ShapeDtypeStruct` (optionally sharded)."""
-    return jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=sharding), tree
-    )
+    """Return `tree` with every array replaced by a `jax.ShapeDtypeStruct`.
+
+    Each struct carries `sharding` when given, else the leaf's own sharding (for placed arrays),
+    so restoring into it puts every array back where it lives now.
+    """
+
+    def abstract(leaf):
+        leaf_sharding = sharding if sharding is not None else getattr(leaf, "sharding", None)
+        return jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=leaf_sharding)
+
+    return jax.tree.map(abstract, tree)
 
 
 def save_params(directory: str | os.PathLike, params) -> None:

@@ -4,6 +4,8 @@ import json
 import os
 from pathlib import Path
 
+import jax
+
 
 class MetricsWriter:
     """Append-only JSON-lines writer for `runs/<name>/metrics.jsonl`."""
@@ -18,7 +20,7 @@ class MetricsWriter:
         A run killed after logging step 120 but before checkpointing it resumes at an earlier
         step; without this, the file would hold steps 101..120 twice.
         """
-        if not self.path.exists():
+        if not self.path.exists() or jax.process_index() != 0:
             return
         kept = []
         with self.path.open() as handle:
@@ -34,6 +36,8 @@ class MetricsWriter:
         os.replace(temporary, self.path)
 
     def write(self, record: dict) -> None:
+        if jax.process_index() != 0:  # with several hosts, process 0 writes the shared file
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 

@@ -22,6 +22,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from tqdm.auto import tqdm
 
+from merit_jax.core import sharding as sharding_lib
 from merit_jax.core import tree as tree_lib
 from merit_jax.training import checkpoint as checkpoint_lib
 from merit_jax.training.metrics import MetricsWriter
@@ -40,9 +41,13 @@ class RunResult:
 
 
 def make_train_step(
-    loss_fn: Callable, optimizer: optax.GradientTransformation, micro_batches: int, stacked: bool = False
+    loss_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    micro_batches: int,
+    stacked: bool = False,
+    jit: bool = True,
 ):
-    """Build a jitted `step(trainable, opt_state, frozen, batch, learning_rate)`.
+    """Build `step(trainable, opt_state, frozen, batch, learning_rate)`, jitted unless `jit` is False.
 
     It returns `(trainable, opt_state, metrics)`. The batch (B rows) is cut into `micro_batches`
     equal slices whose gradient sums are added up with `lax.scan` before one division by the
@@ -89,7 +94,7 @@ def make_train_step(
         }
         return trainable, opt_state, metrics
 
-    return jax.jit(step, donate_argnums=(0, 1))
+    return jax.jit(step, donate_argnums=(0, 1)) if jit else step
 
 
 def _checkpoint_manager(run_dir: Path) -> ocp.CheckpointManager:
@@ -114,12 +119,21 @@ class Trainer:
     """
 
     def __init__(
-        self, *, loss_fn: Callable, trainable: Callable[[str], bool], train_config, stacked_batches: bool = False
+        self,
+        *,
+        loss_fn: Callable,
+        trainable: Callable[[str], bool],
+        train_config,
+        stacked_batches: bool = False,
+        placement: sharding_lib.Placement | None = None,
     ):
         self.config = train_config
         self.trainable = trainable
+        self.placement = placement
         self.optimizer = make_optimizer(train_config)
-        self.step_fn = make_train_step(loss_fn, self.optimizer, train_config.micro_batches, stacked_batches)
+        self._step = make_train_step(loss_fn, self.optimizer, train_config.micro_batches, stacked_batches, jit=False)
+        self.step_fn = jax.jit(self._step, donate_argnums=(0, 1))
+        self._sharded_step = None
 
     def run(
         self,
@@ -147,9 +161,23 @@ class Trainer:
             return RunResult(checkpoint_lib.load_params(params_dir, params), params_dir, total_steps)
 
         selected, frozen = tree_lib.partition(params, self.trainable)
+        if self.placement is not None:
+            selected_shardings, frozen_shardings = tree_lib.partition(self.placement.params, self.trainable)
+            selected = sharding_lib.place(selected, selected_shardings)
+            frozen = sharding_lib.place(frozen, frozen_shardings)
         # The step donates its buffers; copying first leaves the caller's `params` intact.
         selected = jax.tree.map(jnp.copy, selected)
-        state = {"trainable": selected, "opt_state": self.optimizer.init(selected)}
+        opt_state = jax.jit(self.optimizer.init)(selected)
+        if self.placement is not None:
+            # Moment estimates follow their parameters; scalars such as the step count are
+            # created on one device and must join the mesh, replicated.
+            mesh_devices = self.placement.mesh.devices.size
+            replicated = sharding_lib.replicated(self.placement.mesh)
+            opt_state = jax.tree.map(
+                lambda leaf: leaf if len(leaf.sharding.device_set) == mesh_devices else jax.device_put(leaf, replicated),
+                opt_state,
+            )
+        state = {"trainable": selected, "opt_state": opt_state}
         manager = _checkpoint_manager(run_dir)
         metrics = MetricsWriter(run_dir / "metrics.jsonl")
         start_step = manager.latest_step() or 0
@@ -176,6 +204,12 @@ class Trainer:
         logging.info("run %s: finished, parameters in %s", run_dir.name, params_dir)
         return RunResult(final, params_dir, total_steps)
 
+    def _step_on_mesh(self, trainable, opt_state, frozen):
+        # Built on first use, when the placed state exists; every run of this trainer reuses it.
+        if self._sharded_step is None:
+            self._sharded_step = _jit_on_mesh(self._step, trainable, opt_state, frozen, self.placement.mesh)
+        return self._sharded_step
+
     def _loop(
         self, run_dir, state, frozen, epoch_batches, first_epoch, start_step, total_steps, schedule,
         manager, metrics,
@@ -192,9 +226,11 @@ class Trainer:
                 epoch = step // steps_per_epoch
                 batches = epoch_batches(epoch)
             learning_rate = np.float32(schedule(step))
-            trainable, opt_state, step_metrics = self.step_fn(
-                trainable, opt_state, frozen, batches[step % steps_per_epoch], learning_rate
-            )
+            batch = batches[step % steps_per_epoch]
+            step_fn = self.step_fn if self.placement is None else self._step_on_mesh(trainable, opt_state, frozen)
+            if self.placement is not None:
+                batch = self.placement.place_batch(batch)
+            trainable, opt_state, step_metrics = step_fn(trainable, opt_state, frozen, batch, learning_rate)
             window.append((step_metrics, learning_rate))
             done = step + 1
 
@@ -213,9 +249,24 @@ class Trainer:
         return trainable
 
 
+def _jit_on_mesh(step, trainable, opt_state, frozen, mesh):
+    """Jit the step with explicit shardings: the state keeps its placement, metrics are replicated."""
+    state_shardings = (sharding_lib.shardings_of(trainable), sharding_lib.shardings_of(opt_state))
+    frozen_shardings = sharding_lib.shardings_of(frozen)
+    replicated = sharding_lib.replicated(mesh)
+    return jax.jit(
+        step,
+        in_shardings=(*state_shardings, frozen_shardings, None, replicated),
+        out_shardings=(*state_shardings, replicated),
+        donate_argnums=(0, 1),
+    )
+
+
 def _write_run_info(run_dir: Path, **info) -> None:
     """Write `run.json` (step counts), which readers of metrics and snapshots need for epoch fractions."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() != 0:
+        return
     temporary = run_dir / f".run.json.tmp-{os.getpid()}"
     temporary.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.replace(temporary, run_dir / "run.json")

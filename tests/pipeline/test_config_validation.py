@@ -7,6 +7,8 @@ import pytest
 
 from merit_jax.pipeline import plan
 from merit_jax.pipeline.errors import ConfigError
+from merit_jax.pipeline.defaults import parse_arg
+from merit_jax.pipeline.jobs import job_array_script, job_command, select_branch
 from merit_jax.pipeline.runner import validate_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,7 +27,7 @@ def test_demo_configs_are_valid(arg):
 
 
 def test_demo_config_rejects_unknown_argument():
-    with pytest.raises(ValueError, match="unknown config argument 'fast'"):
+    with pytest.raises(ValueError, match="unknown config preset 'fast'"):
         _demo_config("fast")
 
 
@@ -84,3 +86,52 @@ def test_training_runs_cover_every_group():
     assert runs[1].num_epochs == 2
     assert all(run.num_epochs == 1 for run in runs[2:])
     assert runs[3].tasks == ("b", "c")
+
+
+def test_parse_arg_separates_preset_and_job_options():
+    assert parse_arg("quick,branch=3") == ("quick", {"branch": "3"})
+    assert parse_arg("stage=merge") == ("", {"stage": "merge"})
+    assert parse_arg(None) == ("", {})
+    with pytest.raises(ValueError, match="unknown config option 'steps'"):
+        parse_arg("steps=3")
+    with pytest.raises(ValueError, match="two presets"):
+        parse_arg("quick,full")
+
+
+def test_branch_option_selects_train_job():
+    config = _demo_config("quick,branch=merit-2d-b01")
+    assert config.job.branch == "merit-2d-b01"
+    assert config.job.stage == "train"
+    assert _demo_config("stage=prepare").job.stage == "prepare"
+
+
+def test_job_command_replaces_job_and_keeps_overrides():
+    argv = ["merit_jax/main.py", "--config=configs/demo.py:quick,stage=merge", "--workdir=w", "--config.seed=3"]
+    assert job_command(argv, "branch=5") == (
+        "python -m merit_jax.main --config=configs/demo.py:quick,branch=5 --workdir=w --config.seed=3"
+    )
+    assert job_command(["main", "--config=configs/qwen3b.py"], "branch=0") == (
+        "python -m merit_jax.main --config=configs/qwen3b.py:branch=0"
+    )
+
+
+def test_job_array_script_expands_task_id():
+    command = job_command(["main", "--config=configs/demo.py", "--workdir=w"], "branch=$SLURM_ARRAY_TASK_ID")
+    script = job_array_script(command, 22)
+    assert "#SBATCH --array=0-21" in script
+    assert '"--config=configs/demo.py:branch=$SLURM_ARRAY_TASK_ID"' in script
+    assert "'" not in script.splitlines()[-1]
+
+
+def test_select_branch_by_index_and_name():
+    runs = [
+        plan.RunSpec("joint-1ep", "joint-1ep", ("a",), 1),
+        plan.RunSpec("merit-1d-b0", "merit-1d", ("a",), 1),
+        plan.RunSpec("merit-1d-b1", "merit-1d", ("b",), 1),
+    ]
+    assert select_branch(runs, "1").name == "merit-1d-b1"
+    assert select_branch(runs, "merit-1d-b0").name == "merit-1d-b0"
+    with pytest.raises(ConfigError, match="out of range"):
+        select_branch(runs, "2")
+    with pytest.raises(ConfigError, match="not a run"):
+        select_branch(runs, "random8-b000")

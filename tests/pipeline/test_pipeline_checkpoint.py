@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from merit_jax import data as data_lib
+from tests.demo_runs import user_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = [
@@ -57,7 +58,7 @@ def test_pipeline_from_hf_checkpoint(hf_checkpoint, tmp_path):
         f"--config.data.builtin_tasks=({','.join(repr(name) for name in TASKS)},)",
         "--config.data.examples_per_task=40",
     ]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900, env=user_environment())
     assert result.returncode == 0, result.stderr[-4000:]
 
     source = json.loads((workdir / "init" / "source.json").read_text())

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.demo_runs import ROOT, quick_demo_command, run_quick_demo
+from tests.demo_runs import ROOT, quick_demo_command, run_quick_demo, user_environment
 
 
 MODELS = ["Base (θ0)", "Joint (1 ep)", "Joint (2 ep)", "Random-8", "MERIT-1D", "MERIT-2D", "MERIT-3D"]
@@ -89,7 +89,8 @@ def test_rerun_skips_finished_stages(reference_workdir):
 def test_killed_branch_training_resumes_to_same_weights(reference_workdir, tmp_path):
     workdir = tmp_path / "killed"
     process = subprocess.Popen(
-        quick_demo_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        quick_demo_command(workdir), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=user_environment(),
     )
     branch = workdir / "runs" / "merit-1d-b0"
     deadline = time.monotonic() + 900

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from merit_jax.training.checkpoint import OrbaxLeafSource
-from tests.demo_runs import ROOT
+from tests.demo_runs import ROOT, user_environment
 
 MODELS = ["Base (θ0)", "Joint (1 ep)", "Joint (2 ep)", "Random-8", "MERIT-1D", "MERIT-2D", "MERIT-3D"]
 
@@ -25,7 +25,7 @@ def _leaves(directory):
 def vl_workdir(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("vl") / "workdir"
     command = [sys.executable, "-m", "merit_jax.main", "--config=configs/demo_vl.py:quick", f"--workdir={workdir}"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=1500, env=user_environment())
     assert result.returncode == 0, result.stderr[-4000:]
     return workdir
 
@@ -96,7 +96,8 @@ def test_corrupt_image_fails_with_one_line_error(tmp_path):
     workdir = tmp_path / "workdir"
 
     result = subprocess.run(
-        _vision_flan_command(annotation, images, workdir), cwd=ROOT, capture_output=True, text=True, timeout=600
+        _vision_flan_command(annotation, images, workdir), cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=user_environment(),
     )
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
@@ -114,7 +115,8 @@ def test_missing_image_fails_before_writing(tmp_path):
     workdir = tmp_path / "workdir"
 
     result = subprocess.run(
-        _vision_flan_command(annotation, images, workdir), cwd=ROOT, capture_output=True, text=True, timeout=600
+        _vision_flan_command(annotation, images, workdir), cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=user_environment(),
     )
     assert result.returncode == 1
     message = result.stderr.strip().splitlines()[-1]
