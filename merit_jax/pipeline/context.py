@@ -168,7 +168,10 @@ class Context:
             if mesh_config.data > 0:
                 devices = devices[: mesh_config.data * mesh_config.model]
             mesh = sharding_lib.make_mesh(mesh_config.data, mesh_config.model, devices)
-            shardings = sharding_lib.param_shardings(self.abstract_params, mesh, tuple(mesh_config.rules))
+            rules = tuple(mesh_config.rules)
+            specs = sharding_lib.partition_specs(self.abstract_params, mesh, rules)
+            sharding_lib.log_placement(self.abstract_params, specs, mesh)
+            shardings = sharding_lib.named_shardings(specs, mesh)
             self._placements[devices] = sharding_lib.Placement(mesh, shardings, self.family.batch_specs)
         return self._placements[devices]
 

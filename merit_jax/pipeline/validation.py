@@ -1,5 +1,7 @@
 """Checks of a config against the mixture, run before any stage so bad settings leave no trace."""
 
+import jax
+
 from merit_jax.pipeline.errors import ConfigError
 
 _CHOICES = {
@@ -44,6 +46,14 @@ def validate_config(config, num_tasks: int) -> None:
             f"config.mesh (data={mesh.data}, model={mesh.model}, parallel_branches={mesh.parallel_branches}) "
             "is invalid; data is -1 or a device count, model and parallel_branches are >= 1"
         )
+    if mesh is not None:
+        devices = jax.device_count()
+        used = (mesh.data if mesh.data > 0 else 1) * mesh.model * mesh.parallel_branches
+        if used > devices or devices % (mesh.model * mesh.parallel_branches):
+            raise ConfigError(
+                f"config.mesh (data={mesh.data}, model={mesh.model}, parallel_branches="
+                f"{mesh.parallel_branches}) does not fit the {devices} available devices"
+            )
     if not config.split.dims:
         raise ConfigError("config.split.dims is empty; give at least one MERIT dimension, e.g. (1, 2, 3)")
     for epochs in config.baselines.joint_epochs:
