@@ -3,6 +3,7 @@
 # Usage: bash scripts/demo.sh [WORKDIR] [extra absl flags, e.g. --config=configs/demo.py:quick]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/env.sh"
+ensure_env
 workdir="${1:-$root/workdirs/demo}"
 shift || true
 cd "$root"
