@@ -23,7 +23,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 
 def branch_runs(ctx: Context) -> list[plan.RunSpec]:
-    """The branch runs of a prepared workdir, in the order that `branch=<index>` counts."""
+    """List the branch runs of a prepared workdir, in the order that `branch=<index>` counts."""
     if not (ctx.workdir / "split" / "groups.json").exists():
         raise ConfigError(
             f"{ctx.workdir} has no split yet; run the prepare job first: "

@@ -138,7 +138,7 @@ def batch_shardings(batch_specs: Any, mesh: Mesh) -> Any:
 def place(tree: Any, shardings: Any) -> Any:
     """Put every leaf of `tree` (host or device arrays) on its sharding.
 
-    With several hosts, every host holds the same host arrays, and each contributes the slices
+    With several hosts, every host has the same host arrays, and each contributes the slices
     its own devices need.
     """
 
@@ -152,7 +152,7 @@ def place(tree: Any, shardings: Any) -> Any:
 
 
 def shardings_of(tree: Any) -> Any:
-    """The sharding of every array leaf of `tree`."""
+    """Return the sharding of every array leaf of `tree`."""
     return jax.tree.map(lambda leaf: leaf.sharding, tree)
 
 
@@ -169,7 +169,7 @@ def log_placement(abstract_params: Any, specs: Any, mesh: Mesh) -> None:
 
 @dataclasses.dataclass(frozen=True, eq=False)  # compared and hashed by identity
 class Placement:
-    """Where a run's arrays live: the mesh, the full parameter tree's shardings and batch specs.
+    """Device placement of a run: the mesh, the full parameter tree's shardings and batch specs.
 
     `batch_specs(batch)` returns a PartitionSpec per batch array (its batch axis on `data`).
     """

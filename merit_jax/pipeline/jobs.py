@@ -43,7 +43,7 @@ def job_command(argv: list[str], job: str) -> str:
 
 
 def job_array_script(command: str, count: int) -> str:
-    """A SLURM job-array script whose task i runs `command` (which uses $SLURM_ARRAY_TASK_ID)."""
+    """Write a SLURM job-array script whose task i runs `command` (which uses $SLURM_ARRAY_TASK_ID)."""
     # Single quotes (from shlex) would keep the shell from expanding the task id.
     command = re.sub(r"'([^'\"$`]*\$SLURM_ARRAY_TASK_ID[^'\"$`]*)'", r'"\1"', command)
     return "\n".join(

@@ -24,7 +24,7 @@ from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.validation import validate_config
 from merit_jax.pipeline.workdir import canonical_json, config_hash, read_json, write_json_atomic
 
-# Config sections that only say how or where to run; they never enter stage hashes.
+# Config sections that only set how or where to run; they never enter stage hashes.
 PLACEMENT_SECTIONS = ("mesh", "distributed", "job")
 
 
@@ -92,7 +92,7 @@ def _record_config(ctx: Context) -> None:
 
 
 def prepare_stages(ctx: Context) -> tuple[list[Stage], dict[str, str]]:
-    """The stages before training (data to split), in order, and their hashes."""
+    """Build the stages before training (data to split), in order, and their hashes."""
     config = ctx.config
     hashes = {}
     hashes["data"] = config_hash("data", config.seed, _section(config, "data"), _section(config, "tokenizer"), config.model.checkpoint)
@@ -113,7 +113,7 @@ def prepare_stages(ctx: Context) -> tuple[list[Stage], dict[str, str]]:
 
 
 def training_stages(ctx: Context, hashes: dict[str, str], groups: dict) -> list[tuple[plan.RunSpec, Stage]]:
-    """One stage per training run: joint baselines, then every branch of every split."""
+    """Build one stage per training run: joint baselines, then every branch of every split."""
     config = ctx.config
     train_hash = config_hash("train", hashes["init"], _section(config, "train"), _section(config, "trainable"))
     stages = []
