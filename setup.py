@@ -22,6 +22,7 @@ INSTALL_REQUIRES = [
     "num2words==0.5.14",
     "matplotlib==3.11.2",
     "scikit-learn==1.9.1",
+    "threadpoolctl==3.8.0",
     "pillow==13.0.0",
 ]
 
