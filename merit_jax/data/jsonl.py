@@ -14,6 +14,11 @@ from merit_jax.data.tasks import ROLES, Example, Message, Task
 
 DEFAULT_FAMILY = "user"
 
+# 64 MiB of text is far longer than any context these models train on (Qwen2.5 models accept
+# at most 128k tokens, a few hundred kilobytes). A longer line comes from a corrupt or binary
+# file, and the limit stops it from being read into memory as one line.
+MAX_LINE_BYTES = 64 * 1024 * 1024
+
 
 class MixtureFormatError(ValueError):
     """A mixture file that cannot be read; the message names the file, the line and the fix."""
@@ -67,7 +72,15 @@ def read_jsonl_mixture(path: str | os.PathLike, *, min_examples_per_task: int) -
 def _records(path: str) -> Iterator[tuple[int, object]]:
     """Yield (line number, decoded JSON value) for every non-blank line of `path`."""
     with open(path, "rb") as handle:
-        for line_number, raw in enumerate(handle, start=1):
+        line_number = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            line_number += 1
+            if len(raw) > MAX_LINE_BYTES:
+                raise MixtureFormatError(
+                    f"{path}:{line_number}: line is longer than {MAX_LINE_BYTES} bytes; "
+                    "write one example per line and shorten or split this one"
+                )
+
             # A byte order mark is legal at the start of a UTF-8 file but not inside JSON.
             try:
                 text = raw.decode("utf-8-sig" if line_number == 1 else "utf-8")

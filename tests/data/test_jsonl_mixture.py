@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from merit_jax.data import Example, Message, MixtureFormatError, read_jsonl_mixture
+from merit_jax.data import Example, Message, MixtureFormatError, jsonl, read_jsonl_mixture
 
 
 def _line(task="greet", user="Say hi.", answer="hi", **extra):
@@ -115,6 +115,21 @@ def test_invalid_utf8_names_line(tmp_path):
     path.write_bytes(_line().encode() + b"\n" + _line(user="caf\xe9").encode("utf-8").replace(b"\xc3\xa9", b"\xe9") + b"\n")
     with pytest.raises(MixtureFormatError, match=f"{path}:2: invalid UTF-8"):
         read_jsonl_mixture(path, min_examples_per_task=1)
+
+
+def test_overlong_line_names_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 200)
+    path = _write(tmp_path, [_line(), _line(answer="x" * 300), _line()])
+    with pytest.raises(MixtureFormatError, match=f"{path}:2: line is longer than 200 bytes"):
+        read_jsonl_mixture(path, min_examples_per_task=1)
+
+
+def test_line_at_limit_is_read(tmp_path, monkeypatch):
+    line = _line(answer="y" * 150)
+    monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", len(line) + 1)
+    path = _write(tmp_path, [line, line])
+    tasks = read_jsonl_mixture(path, min_examples_per_task=1)
+    assert len(tasks[0].examples) == 2
 
 
 @pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["zero_bytes", "blank_lines"])
