@@ -31,13 +31,17 @@ def task_batches(ctx, names: list[str], examples_per_task: int, *, resample_rng=
     return list(ctx.family.eval_batches(examples, batch_size=batch_size))
 
 
-def full_gradients(ctx, theta0: dict, names: list[str], examples_per_task: int, flatten, *, resample_rng=None,
-                   description: str = "full task gradients") -> np.ndarray:
-    """Compute token-weighted mean gradients (T, P) float32 in the Hessian operator's flat coordinates."""
+def full_gradients(ctx, theta0: dict, names: list[str], examples_per_task: int, flatten, *, subset=None,
+                   resample_rng=None, description: str = "full task gradients") -> np.ndarray:
+    """Compute token-weighted mean gradients (T, P) float32 in the Hessian operator's flat coordinates.
+
+    `subset` is the operator's parameter predicate (default: the workdir's trainable parameters).
+    """
     rows = []
     for name in tqdm(names, desc=description, unit="task", leave=resample_rng is None):
         batches = task_batches(ctx, [name], examples_per_task, resample_rng=resample_rng)
-        mean = gradients_lib.dataset_mean_gradient(ctx.loss_fn, theta0, batches, trainable=ctx.trainable, description=name)
+        mean = gradients_lib.dataset_mean_gradient(ctx.loss_fn, theta0, batches, trainable=subset or ctx.trainable,
+                                                   description=name)
         rows.append(np.asarray(flatten(mean.gradient), dtype=np.float32))
     return np.stack(rows)
 

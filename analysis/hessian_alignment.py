@@ -9,6 +9,10 @@ calibration examples. Lanczos gives the top-k eigenvectors of the Hessian on the
 mixture probe). Writes DIR/figures/hessian_alignment/: alignment.json (metrics, nulls, Lanczos
 report, HVP mode), alignment_tiers, cos_heatmap, principal_angles, gain_percentile and
 ritz_history figures.
+
+Memory: the task gradients and the eigenvectors are held on the host as (T + k) × P arrays, with
+P the number of parameters the Hessian acts on. For a billion-parameter model, restrict P with
+--hessian_include (for example one decoder layer) and add --lanczos_basis_on_host.
 """
 
 import time
@@ -26,6 +30,7 @@ from analysis.alignment_inputs import (
     combine_rows, cosine_agreement, full_gradients, gram_and_projections, rows_dot, strided_gram, task_batches)
 from merit_jax.core import hessian as hessian_lib
 from merit_jax.core import split as split_lib
+from merit_jax.core import tree as tree_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Finished pipeline workdir to analyse.")
 _K = flags.DEFINE_integer("k", 10, "Number of top Hessian eigenvectors.")
@@ -43,6 +48,10 @@ _BOOTSTRAP = flags.DEFINE_integer("bootstrap", 10, "Resamples of the selected ta
 _GAIN_TEST = flags.DEFINE_boolean("gain_test", False, "Also compute M = GHGᵀ (one HVP per task) and the merge-gain "
                                   "percentile of each MERIT split among random balanced splits.")
 _GAIN_SPLITS = flags.DEFINE_integer("gain_splits", 1000, "Random balanced splits in the merge-gain percentile test.")
+_INCLUDE = flags.DEFINE_list("hessian_include", [], "Regexes on parameter paths (re.search) that restrict the Hessian "
+                             "and the directions to part of the trainable parameters; empty: all of them.")
+_HOST_BASIS = flags.DEFINE_boolean("lanczos_basis_on_host", False, "Keep the Lanczos basis in host memory and "
+                                   "reorthogonalize it in chunks, for bases that do not fit on the device.")
 _SEED = flags.DEFINE_integer("seed", 0, "Root seed of the Lanczos start vector and every null.")
 _REPLOT = flags.DEFINE_boolean("replot", False, "Redraw the figures from alignment.json without recomputing.")
 flags.mark_flag_as_required("workdir")
@@ -73,12 +82,21 @@ def _seed_of(key) -> int:
     return int(np.asarray(jax.random.key_data(key))[-1] % (2**31 - 1))
 
 
-def run_lanczos(ctx, theta0, probe_batches, keys) -> tuple:
-    operator = hessian_lib.make_hvp_operator(ctx.loss_fn, theta0, probe_batches, trainable=ctx.trainable, mode=_HVP_MODE.value)
+def parameter_subset(ctx):
+    """Return the predicate of the parameters the Hessian acts on: trainable, and matching --hessian_include."""
+    if not _INCLUDE.value:
+        return ctx.trainable
+    included = tree_lib.path_filter(tuple(_INCLUDE.value), ())
+    return lambda path: ctx.trainable(path) and included(path)
+
+
+def run_lanczos(ctx, theta0, probe_batches, keys, subset) -> tuple:
+    operator = hessian_lib.make_hvp_operator(ctx.loss_fn, theta0, probe_batches, trainable=subset, mode=_HVP_MODE.value)
     iterations = _ITERATIONS.value or max(3 * _K.value, 40)
     iterations = min(iterations, operator.size)
     result = hessian_lib.lanczos(operator.matvec, operator.size, num_iterations=iterations, k=_K.value,
-                                 seed=_seed_of(keys["lanczos_start"]), progress=True)
+                                 seed=_seed_of(keys["lanczos_start"]), basis_on_host=_HOST_BASIS.value,
+                                 progress=True)
     report = {name: getattr(result, name) for name in (
         "eigenvalues", "smallest_eigenvalue", "ritz_values", "residuals", "residual_estimates", "gaps", "angle_bounds",
         "converged", "orthogonality_loss", "ritz_history", "alphas", "betas", "num_iterations", "num_matvecs", "wall_time_s")}
@@ -175,13 +193,13 @@ def summarize(observed_metrics: dict, samples: dict) -> dict:
             for name in nulls.SCALAR_METRICS if name in samples}
 
 
-def bootstrap_directions(ctx, theta0, operator, eigenvectors, selected, names, key) -> dict:
+def bootstrap_directions(ctx, theta0, operator, subset, eigenvectors, selected, names, key) -> dict:
     """Bootstrap percentile CIs of the observed metrics over calibration examples (Hessian fixed)."""
     rng = common.numpy_rng(key)
     chosen = [names[t] for t in selected]
     samples = {variant: [] for variant in VARIANTS}
     for _ in tqdm(range(_BOOTSTRAP.value), desc="bootstrap", unit="resample"):
-        gradients = full_gradients(ctx, theta0, chosen, _EXAMPLES.value, operator.flatten, resample_rng=rng,
+        gradients = full_gradients(ctx, theta0, chosen, _EXAMPLES.value, operator.flatten, subset=subset, resample_rng=rng,
                                    description="resampled gradients")
         gram, projections = gram_and_projections(gradients, eigenvectors)
         for variant, centered in VARIANTS.items():
@@ -231,11 +249,12 @@ def compute(ctx) -> dict:
         probe_batches = task_batches(ctx, [names[t] for t in selected], _EXAMPLES.value)
     else:
         probe_batches = task_batches(ctx, names, _MIXTURE_EXAMPLES.value)
-    operator, eigenvectors, lanczos_report = run_lanczos(ctx, theta0, probe_batches, keys)
+    subset = parameter_subset(ctx)
+    operator, eigenvectors, lanczos_report = run_lanczos(ctx, theta0, probe_batches, keys, subset)
     eigenvector_gram = eigenvectors @ eigenvectors.T
     top = float(lanczos_report["eigenvalues"][0])
 
-    gradients = full_gradients(ctx, theta0, names, _EXAMPLES.value, operator.flatten)
+    gradients = full_gradients(ctx, theta0, names, _EXAMPLES.value, operator.flatten, subset=subset)
     gram, projections = gram_and_projections(gradients, eigenvectors)
     stride = ctx.config.gradients.stride
     strided = strided_gram(gradients, stride)
@@ -259,7 +278,7 @@ def compute(ctx) -> dict:
             "subspace_energy": nulls.null_summary(observed[variant]["subspace_energy"],
                                                   distributions["single_task_gradient"]["subspace_energy"]),
         }
-    bootstrap = bootstrap_directions(ctx, theta0, operator, eigenvectors, selected, names, keys["bootstrap"])
+    bootstrap = bootstrap_directions(ctx, theta0, operator, subset, eigenvectors, selected, names, keys["bootstrap"])
     gain = gain_test(ctx, curvature, names, tokens, split_weights, cosine, keys["gain_null"]) if _GAIN_TEST.value else None
 
     return {
@@ -267,7 +286,8 @@ def compute(ctx) -> dict:
                      "hessian_probe": _PROBE.value, "mixture_examples_per_task": _MIXTURE_EXAMPLES.value,
                      "null_draws": _NULL_DRAWS.value, "uniform_draws": _UNIFORM_DRAWS.value,
                      "bootstrap": _BOOTSTRAP.value, "gain_test": _GAIN_TEST.value, "gain_splits": _GAIN_SPLITS.value,
-                     "coordinates": "full (non-strided) flat trainable parameters, canonical leaf order"},
+                     "coordinates": "full (non-strided) flat trainable parameters, canonical leaf order",
+                     "hessian_include": list(_INCLUDE.value), "lanczos_basis_on_host": _HOST_BASIS.value},
         "tasks": names,
         "selected_tasks": [names[t] for t in selected], "selection": selection,
         "hessian_probe_examples": int(sum(float(b["attention_mask"].any(axis=1).sum()) for b in probe_batches)),

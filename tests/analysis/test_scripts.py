@@ -133,6 +133,27 @@ def test_hessian_alignment_report(workdir):
     assert_figures(directory, "alignment_tiers", "cos_heatmap", "principal_angles", "gain_percentile", "ritz_history")
 
 
+def test_hessian_alignment_parameter_subset(workdir, tmp_path):
+    copy = tmp_path / "workdir"
+    shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("figures"))
+    directory = run_analysis("hessian_alignment", copy, "--hessian_include=layers/1/", "--lanczos_basis_on_host",
+                             "--k=2", "--lanczos_iterations=6", "--examples_per_task=2", "--null_draws=10",
+                             "--uniform_draws=20", "--bootstrap=1")
+    results = read(directory, "alignment.json")
+
+    from merit_jax.core import tree as tree_lib
+    from merit_jax.pipeline.context import Context
+
+    ctx = Context.from_workdir(copy)
+    theta0 = ctx.theta0()
+    subset, _ = tree_lib.partition(theta0, lambda path: ctx.trainable(path) and "layers/1/" in path)
+    trainable, _ = tree_lib.partition(theta0, ctx.trainable)
+    assert results["parameters"] == tree_lib.tree_size(subset)
+    assert results["parameters"] < tree_lib.tree_size(trainable)
+    assert results["settings"]["hessian_include"] == ["layers/1/"]
+    assert results["settings"]["lanczos_basis_on_host"] is True
+
+
 def test_calibration_nested_curve_reaches_one(workdir):
     directory = run_analysis("calibration", workdir, "--draws=3", "--fit_bootstrap=5", "--split_draws=2")
     results = read(directory, "calibration.json")
