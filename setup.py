@@ -10,6 +10,8 @@ INSTALL_REQUIRES = [
     "optax==0.2.8",
     "orbax-checkpoint==0.12.8",
     "transformers==5.25.0",
+    # transformers renders chat templates with jinja2 but does not install it.
+    "jinja2==3.1.6",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "ml_collections==1.1.0",
