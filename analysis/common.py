@@ -21,7 +21,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import threadpoolctl
-from absl import logging
+from absl import app, logging
 
 from merit_jax.core import tree as tree_lib
 from merit_jax.pipeline.context import Context
@@ -29,7 +29,8 @@ from merit_jax.pipeline.prepare import read_groups
 from merit_jax.pipeline.workdir import canonical_json, read_json
 from merit_jax.training import checkpoint as checkpoint_lib
 
-PIPELINE_COMMAND = "python -m merit_jax.main --config=configs/demo.py --workdir={workdir}"
+# The workdir does not record which config file made it, so the command names it as CONFIG.
+PIPELINE_COMMAND = "python -m merit_jax.main --config=CONFIG --workdir={workdir} (with the CONFIG that made it)"
 
 _VERSIONED_PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "numpy", "scipy",
                        "scikit-learn", "matplotlib")
@@ -54,6 +55,19 @@ def setup_logging(blas_threads: int = 1) -> None:
     """
     logging.get_absl_handler().addFilter(_QuietCheckpointing())
     _BLAS_LIMITS.append(threadpoolctl.threadpool_limits(limits=blas_threads, user_api="blas"))
+
+
+def run(main) -> None:
+    """Run an analysis `main` with absl, reporting a missing input as one line and exit status 1."""
+
+    def checked_main(argv):
+        try:
+            main(argv)
+        except FileNotFoundError as error:
+            print(f"error: {error}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(checked_main)
 
 
 # Workdir inputs -------------------------------------------------------------------------------
@@ -242,13 +256,14 @@ class Outputs:
         self.name = name
         self.workdir = Path(workdir)
         self.directory = self.workdir / "figures" / name
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.written: list[Path] = []
 
     def path(self, filename: str) -> Path:
         return self.directory / filename
 
     def _replace(self, filename: str, write) -> Path:
+        # Created on the first write, so a script that fails on its inputs leaves no folder.
+        self.directory.mkdir(parents=True, exist_ok=True)
         final = self.path(filename)
         stem, suffix = os.path.splitext(filename)
         # The suffix stays last, because numpy and matplotlib choose formats by it.

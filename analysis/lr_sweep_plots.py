@@ -36,6 +36,7 @@ def plot(outputs, results: dict) -> None:
                          color=line[0].get_color(), zorder=5)
         axis.axhline(base[key], color="grey", linestyle=":", label="θ0 (base)")
         axis.set_xscale("log")
+        axis.set_title(f"{label.split(' (')[0].capitalize()} against the SGD learning rate")
         axis.set_xlabel("SGD learning rate η (log scale)")
         axis.set_ylabel(label + (" (× diverged, drawn at 1.5 × θ0's)" if cap is not None else ""))
         axis.legend(fontsize=7)

@@ -185,7 +185,8 @@ def plot_split(outputs, facts: dict) -> None:
     axes[1].plot(np.arange(1, shown + 1), 100 * np.cumsum(ratio[:shown]), "k.-", label="cumulative")
     axes[1].set_xlabel("principal component")
     axes[1].set_ylabel("explained variance (%)")
-    axes[1].set_title(f"Scree plot ({facts['pca_mode']} PCA of C)")
+    axes[1].xaxis.set_major_locator(plotting.plt.MaxNLocator(integer=True))
+    axes[1].set_title(f"Scree plot of the cosine matrix C (PCA mode {facts['pca_mode']})")
     axes[1].legend()
 
     order = facts["heatmap_order"]
@@ -275,4 +276,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    common.run(main)

@@ -46,6 +46,10 @@ def main(argv):
         run_pipeline(_CONFIG.value, _WORKDIR.value, argv=sys.argv)
     except (ConfigError, ImageError, ImageTruncationError, MixtureFormatError, StageMismatchError) as error:
         sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        # Stages checkpoint as they go, so the same command resumes. Exit status 130 means SIGINT.
+        print(f"interrupted; rerun the same command to resume in {_WORKDIR.value}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def read_jsonl_mixture(path: str | os.PathLike, *, min_examples_per_task: int) -
     """
     if isinstance(min_examples_per_task, bool) or not isinstance(min_examples_per_task, int) or min_examples_per_task < 1:
         raise ValueError(f"min_examples_per_task must be a positive integer, got {min_examples_per_task!r}")
+    if not os.path.isfile(path):
+        raise MixtureFormatError(f"{path}: file not found; set config.data.jsonl_path to an existing JSONL file")
 
     path = os.fspath(path)
     examples: dict[str, list[Example]] = {}

@@ -1,5 +1,8 @@
 """Unit tests of the analysis helpers that need no workdir: embeddings, nulls, fits, identities."""
 
+import subprocess
+import sys
+
 import jax
 import numpy as np
 import pytest
@@ -8,6 +11,7 @@ from scipy import stats
 from analysis import alignment_nulls as nulls
 from analysis import embedding, flatness, noise_scale, projection
 from analysis import sweep_metrics as metrics
+from tests.demo_runs import ROOT
 
 
 def _unit_rows(rng, count, size):
@@ -249,3 +253,13 @@ def test_exact_subset_sums_gram_matches_direct(tmp_path):
     np.testing.assert_allclose(sums.gram(1), expected, rtol=1e-12)
     sums.close()
     assert not list(tmp_path.iterdir())
+
+
+def test_missing_workdir_gives_one_line_error(tmp_path):
+    workdir = tmp_path / "absent"
+    result = subprocess.run([sys.executable, "-m", "analysis.tsne", f"--workdir={workdir}"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {workdir / 'config.json'} not found")
+    assert not workdir.exists()

@@ -117,6 +117,12 @@ def test_invalid_utf8_names_line(tmp_path):
         read_jsonl_mixture(path, min_examples_per_task=1)
 
 
+def test_missing_file_names_path(tmp_path):
+    path = tmp_path / "absent.jsonl"
+    with pytest.raises(MixtureFormatError, match=f"{path}: file not found"):
+        read_jsonl_mixture(path, min_examples_per_task=1)
+
+
 def test_overlong_line_names_line(tmp_path, monkeypatch):
     monkeypatch.setattr(jsonl, "MAX_LINE_BYTES", 200)
     path = _write(tmp_path, [_line(), _line(answer="x" * 300), _line()])
