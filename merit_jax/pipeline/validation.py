@@ -40,6 +40,11 @@ def validate_config(config, num_tasks: int) -> None:
     job = config.get("job")
     if job is not None and job.stage not in ("all", "prepare", "train", "merge"):
         raise ConfigError(f"config.job.stage = {job.stage!r} is invalid; use 'all', 'prepare', 'train' or 'merge'")
+    if job is not None and str(job.branch).isdigit():
+        # Every split has exactly 2^r groups, so the branch count is known before any stage runs.
+        count = sum(2**dims for dims in list(config.split.dims) + list(config.baselines.random_dims))
+        if int(job.branch) >= count:
+            raise ConfigError(f"branch={job.branch} is out of range: there are {count} branch runs (0 to {count - 1})")
     mesh = config.get("mesh")
     if mesh is not None and (mesh.parallel_branches < 1 or mesh.model < 1 or mesh.data == 0 or mesh.data < -1):
         raise ConfigError(

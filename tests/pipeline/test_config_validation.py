@@ -135,3 +135,11 @@ def test_select_branch_by_index_and_name():
         select_branch(runs, "2")
     with pytest.raises(ConfigError, match="not a run"):
         select_branch(runs, "random8-b000")
+
+
+def test_branch_index_checked_before_stages():
+    config = _demo_config("quick,branch=21")
+    validate_config(config, num_tasks=45)
+    config = _demo_config("quick,branch=22")
+    with pytest.raises(ConfigError, match=r"branch=22 is out of range: there are 22 branch runs \(0 to 21\)"):
+        validate_config(config, num_tasks=45)
