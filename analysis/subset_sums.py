@@ -22,6 +22,7 @@ class ExactSums:
     description = "exact strided coordinates"
 
     def __init__(self, directory, num_sets: int, num_tasks: int, length: int):
+        os.makedirs(directory, exist_ok=True)
         self._scratch = tempfile.mkdtemp(prefix=".subset-sums-", dir=directory)
         self._sums = np.lib.format.open_memmap(os.path.join(self._scratch, "sums.npy"), mode="w+", dtype=np.float32,
                                                shape=(num_sets, num_tasks, length))
