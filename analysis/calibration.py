@@ -14,7 +14,7 @@ figures.
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm.auto import tqdm
 
 from analysis import calibration_plots, common, example_gradients, subset_sums
@@ -232,10 +232,7 @@ def compute(ctx, outputs) -> dict:
     }
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.setup_logging()
+def main():
     outputs = common.Outputs(_WORKDIR.value, "calibration")
     if _REPLOT.value:
         results = outputs.read_json("calibration.json")

@@ -12,7 +12,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm.auto import tqdm
 
 from analysis import common, flatness, probes
@@ -182,10 +182,7 @@ def compute(ctx, split_model: str) -> tuple[dict, dict]:
     return displacement, perturbed
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.setup_logging()
+def main():
     outputs = common.Outputs(_WORKDIR.value, "diagnostics")
     if _REPLOT.value:
         displacement = outputs.read_json("diagnostics.json")

@@ -20,7 +20,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
@@ -311,10 +311,7 @@ def compute(ctx) -> dict:
     }
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.setup_logging()
+def main():
     outputs = common.Outputs(_WORKDIR.value, "hessian_alignment")
     if _REPLOT.value:
         results = outputs.read_json("alignment.json")

@@ -181,12 +181,9 @@ def write_summary_csv(outputs, results: dict) -> None:
     outputs.write_csv("lmc_summary.csv", header, rows)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main():
     if _NUM_ALPHAS.value < 3:
         raise app.UsageError("--num_alphas must be at least 3")
-    common.setup_logging()
     outputs = common.Outputs(_WORKDIR.value, "lmc")
     if _REPLOT.value:
         results = outputs.read_json("lmc.json")

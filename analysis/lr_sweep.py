@@ -17,7 +17,7 @@ import time
 import jax
 import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 
 from analysis import common, lr_sweep_plots, sweep_eval
 from analysis import sweep_metrics as metrics
@@ -204,10 +204,7 @@ def write_csv(outputs, results: dict) -> None:
     outputs.write_csv("lr_sweep.csv", header, rows)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.setup_logging()
+def main():
     outputs = common.Outputs(_WORKDIR.value, "lr_sweep")
     if _REPLOT.value:
         results = outputs.read_json("lr_sweep.json")

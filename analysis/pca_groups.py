@@ -12,7 +12,7 @@ coordinates.
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm.auto import tqdm
 
 from analysis import common, plotting, projection
@@ -249,10 +249,7 @@ def plot_trajectories(outputs, result: dict, size: int) -> None:
     plotting.close(figure)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.setup_logging()
+def main():
     outputs = common.Outputs(_WORKDIR.value, "pca_groups")
     if _REPLOT.value:
         facts = outputs.read_json("pca_groups.json")

@@ -11,7 +11,7 @@ cluster sizes and densities in t-SNE carry no meaning; conclusions belong to C a
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from tqdm.auto import tqdm
 
 from analysis import common, embedding, plotting
@@ -160,10 +160,7 @@ def plot(outputs, results: dict, embeddings: np.ndarray, main_perplexity: float 
     plotting.close(figure)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    common.setup_logging()
+def main():
     outputs = common.Outputs(_WORKDIR.value, "tsne")
     if _REPLOT.value:
         results = outputs.read_json("tsne.json")

@@ -6,7 +6,6 @@ Errors in the user's input (mixture files, configs, a workdir made with other se
 program with a one-line message and exit status 1, without a traceback.
 """
 
-import logging as python_logging
 import sys
 
 from absl import app, flags, logging
@@ -17,6 +16,7 @@ from merit_jax.data.vision import ImageError, ImageTruncationError
 from merit_jax.pipeline.errors import ConfigError
 from merit_jax.pipeline.runner import run_pipeline
 from merit_jax.pipeline.workdir import StageMismatchError
+from merit_jax.training import checkpoint as checkpoint_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -30,17 +30,10 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietCheckpointing(python_logging.Filter):
-    """Drop orbax's per-operation INFO records (dozens per save), keeping its warnings and errors."""
-
-    def filter(self, record: python_logging.LogRecord) -> bool:
-        return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    logging.get_absl_handler().addFilter(_QuietCheckpointing())
+    logging.get_absl_handler().addFilter(checkpoint_lib.QuietCheckpointing())
     logging.info("workdir %s", _WORKDIR.value)
     try:
         run_pipeline(_CONFIG.value, _WORKDIR.value, argv=sys.argv)

@@ -5,6 +5,7 @@ into an abstract target (`jax.ShapeDtypeStruct` leaves, optionally with sharding
 the model's real key types. `OrbaxLeafSource` reads one leaf at a time for streaming merges.
 """
 
+import logging as python_logging
 import os
 from pathlib import Path
 
@@ -13,6 +14,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from merit_jax.core import tree as tree_lib
+
+
+class QuietCheckpointing(python_logging.Filter):
+    """Drop orbax's per-operation INFO records (dozens per save), keeping its warnings and errors."""
+
+    def filter(self, record: python_logging.LogRecord) -> bool:
+        return record.levelno >= python_logging.WARNING or "/orbax/" not in record.pathname
 
 
 def abstract_like(tree, sharding=None):
